@@ -1,0 +1,295 @@
+"""Padded sparse graphs of atoms with fixed capacities.
+
+A :class:`Graph` holds one frame (or, with a leading frame axis on every array, a
+batch of frames of one size class). Capacities (``n_atoms``, ``n_edges``) are fixed so
+that ``jax.jit`` compiles once per size class; padded atoms and edges are switched off
+by ``node_mask``/``edge_mask`` and change no result.
+
+Neighbour lists come from ``jax_md.partition`` in its sparse format, so the same
+graph layout drives JAX-MD simulations.
+
+Fields (shapes for one frame)::
+
+    positions  (n_atoms, 3)  float | Å | atom positions (padded atoms: any finite value)
+    species    (n_atoms,)    int32 | atomic number Z (0 for padded atoms)
+    senders    (n_edges,)    int32 | atom j a message comes from
+    receivers  (n_edges,)    int32 | atom i a message goes to
+    node_mask  (n_atoms,)    bool  | True for real atoms
+    edge_mask  (n_edges,)    bool  | True for real edges (pairs closer than the cutoff)
+    cell       (3, 3) float or None | Å | rows are the periodic cell vectors; None = free space
+
+Edges are directed: every pair within the cutoff appears twice, (i ← j) and (j ← i).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax_md import partition, space
+
+
+class Graph(NamedTuple):
+    positions: jax.Array
+    species: jax.Array
+    senders: jax.Array
+    receivers: jax.Array
+    node_mask: jax.Array
+    edge_mask: jax.Array
+    cell: jax.Array | None = None
+
+    @property
+    def n_atoms(self) -> int:
+        """Atom capacity (padded atoms included)."""
+        return self.species.shape[-1]
+
+    @property
+    def n_edges(self) -> int:
+        """Edge capacity (padded edges included)."""
+        return self.senders.shape[-1]
+
+    @property
+    def is_batched(self) -> bool:
+        """True when every array carries a leading frame axis."""
+        return self.positions.ndim == 3
+
+    def frame(self, k: int) -> "Graph":
+        """Frame ``k`` of a batched graph."""
+        return jax.tree.map(lambda x: x[k], self)
+
+
+def safe_norm(x: jax.Array, axis: int = -1, keepdims: bool = False) -> jax.Array:
+    """Euclidean norm whose gradient is 0 (not NaN) at x = 0.
+
+    Uses the double-where form (e3nn-jax, jax-md) so padded and zero-length edges
+    never produce NaN gradients.
+    """
+    sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def edge_vectors(graph: Graph) -> jax.Array:
+    """Vectors r_ij = x_j − x_i from each receiver i to its sender j.
+
+    Periodic graphs use the minimum image convention through fractional
+    coordinates (valid when every cell height is at least twice the cutoff, which
+    :func:`build_graphs` checks). Differentiable in ``positions``.
+
+    Returns:
+        (n_edges, 3) float, Å; padded edges give whatever their (masked) indices give.
+    """
+    d = graph.positions[graph.senders] - graph.positions[graph.receivers]
+    if graph.cell is None:
+        return d
+    frac = d @ jnp.linalg.inv(graph.cell)
+    frac = frac - jnp.round(frac)
+    return frac @ graph.cell
+
+
+def edge_lengths(graph: Graph) -> tuple[jax.Array, jax.Array]:
+    """Edge vectors and NaN-safe lengths; padded edges get length 0.
+
+    Returns:
+        ``(vectors (n_edges, 3) Å, lengths (n_edges,) Å)``.
+    """
+    vec = jnp.where(graph.edge_mask[:, None], edge_vectors(graph), 0.0)
+    return vec, safe_norm(vec)
+
+
+def cell_heights(cell: np.ndarray) -> np.ndarray:
+    """Perpendicular widths of a periodic cell (rows are cell vectors), Å."""
+    cell = np.asarray(cell, dtype=np.float64)
+    volume = abs(np.linalg.det(cell))
+    return np.array([volume / np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3]))
+                     for k in range(3)])
+
+
+def _neighbor_fn(cutoff: float, cell: np.ndarray | None, extent: float):
+    """A jax_md sparse neighbour-list function for free space or a periodic cell."""
+    sparse = partition.NeighborListFormat.Sparse
+    if cell is None:
+        displacement, _ = space.free()
+        return partition.neighbor_list(displacement, box=extent, r_cutoff=cutoff,
+                                       disable_cell_list=True, format=sparse)
+    box = jnp.asarray(np.asarray(cell).T)
+    displacement, _ = space.periodic_general(box, fractional_coordinates=False)
+    return partition.neighbor_list(displacement, box, r_cutoff=cutoff,
+                                   fractional_coordinates=False, format=sparse,
+                                   disable_cell_list=True)
+
+
+def check_positions(positions: np.ndarray, species: np.ndarray | None = None,
+                    min_distance: float | None = 0.1, cell: np.ndarray | None = None) -> None:
+    """Raise ``ValueError`` for non-finite positions or atoms closer than ``min_distance`` Å.
+
+    Args:
+        positions: (n_frames, n_atoms, 3) or (n_atoms, 3), Å.
+        species: (n_atoms,) int atomic numbers, checked to match the atom count; or None.
+        min_distance: smallest physically sensible interatomic distance, Å; None skips it.
+        cell: (3, 3) Å periodic cell (rows) or None; distances use the minimum image.
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.ndim == 2:
+        pos = pos[None]
+    bad = ~np.isfinite(pos).all(axis=-1)
+    if bad.any():
+        f, a = np.argwhere(bad)[0]
+        raise ValueError(f"frame {f}, atom {a} has a non-finite position {pos[f, a].tolist()}; "
+                         "remove the frame or fix the coordinates")
+    if species is not None and np.asarray(species).shape[-1] != pos.shape[1]:
+        raise ValueError(f"species has {np.asarray(species).shape[-1]} entries but positions "
+                         f"have {pos.shape[1]} atoms; give one species per atom")
+    if min_distance is None or pos.shape[1] < 2:
+        return
+    inv = None if cell is None else np.linalg.inv(np.asarray(cell, dtype=np.float64))
+    iu = np.triu_indices(pos.shape[1], k=1)
+    for f in range(pos.shape[0]):
+        d = pos[f][iu[1]] - pos[f][iu[0]]
+        if inv is not None:
+            frac = d @ inv
+            d = (frac - np.round(frac)) @ np.asarray(cell, dtype=np.float64)
+        r = np.linalg.norm(d, axis=-1)
+        k = int(np.argmin(r))
+        if r[k] < min_distance:
+            raise ValueError(f"frame {f}: atoms {iu[0][k]} and {iu[1][k]} are {r[k]:.3g} Å apart, "
+                             f"closer than {min_distance} Å; check the coordinates' units (Å) "
+                             "or remove the frame")
+
+
+def build_graphs(positions: np.ndarray, species: np.ndarray, cutoff: float,
+                 cell: np.ndarray | None = None, n_atoms: int | None = None,
+                 n_edges: int | None = None, min_distance: float | None = 0.1) -> Graph:
+    """Build a batched padded graph for frames of one system with jax_md neighbour lists.
+
+    Args:
+        positions: (n_frames, n_real, 3) or (n_real, 3) float, Å.
+        species: (n_real,) int atomic numbers (one composition for all frames).
+        cutoff: neighbour cutoff, Å (> 0).
+        cell: (3, 3) float periodic cell, rows are cell vectors, Å; None for free space.
+            May also be (n_frames, 3, 3) for a cell per frame.
+        n_atoms: atom capacity ≥ n_real (padding), default n_real.
+        n_edges: edge capacity; default the largest edge count over the frames.
+        min_distance: atoms closer than this (Å) raise; None disables the check.
+
+    Returns:
+        A :class:`Graph` with a leading frame axis on every array (cell included).
+
+    Raises:
+        ValueError: non-finite positions, atoms closer than ``min_distance``, a cell
+            narrower than twice the cutoff, capacities smaller than needed (the
+            message gives the size that fits), or a non-positive cutoff.
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.ndim == 2:
+        pos = pos[None]
+    species = np.asarray(species, dtype=np.int32)
+    n_frames, n_real, _ = pos.shape
+    if cutoff <= 0:
+        raise ValueError(f"cutoff must be positive, got {cutoff} Å")
+    if n_frames == 0:
+        raise ValueError("no frames given: positions has shape " + str(pos.shape))
+    cells = None
+    if cell is not None:
+        cells = np.asarray(cell, dtype=np.float64)
+        cells = np.broadcast_to(cells, (n_frames, 3, 3)) if cells.ndim == 2 else cells
+        h = min(cell_heights(c).min() for c in cells)
+        if h < 2 * cutoff:
+            raise ValueError(f"the periodic cell is {h:.3g} Å wide, less than twice the {cutoff} Å "
+                             "cutoff; use a smaller cutoff or replicate the cell (ase's Atoms.repeat)")
+    for f in range(n_frames):
+        check_positions(pos[f], species, min_distance, None if cells is None else cells[f])
+    n_atoms = n_real if n_atoms is None else n_atoms
+    if n_atoms < n_real:
+        raise ValueError(f"n_atoms={n_atoms} is smaller than the {n_real} atoms of the frames")
+
+    senders, receivers = _pairs(pos, cutoff, cells)
+    counts = [len(s) for s in senders]
+    need = max(counts) if counts else 0
+    if n_edges is None:
+        n_edges = max(need, 1)
+    elif need > n_edges:
+        f = int(np.argmax(counts))
+        raise ValueError(f"frame {f} has {need} directed edges within the {cutoff} Å cutoff but the "
+                         f"graph holds n_edges={n_edges}; pass n_edges >= {need} or leave it unset")
+
+    P = np.zeros((n_frames, n_atoms, 3))
+    P[:, :n_real] = pos
+    Z = np.zeros((n_frames, n_atoms), np.int32)
+    Z[:, :n_real] = species
+    node_mask = np.zeros((n_frames, n_atoms), bool)
+    node_mask[:, :n_real] = True
+    S = np.zeros((n_frames, n_edges), np.int32)
+    R = np.zeros((n_frames, n_edges), np.int32)
+    E = np.zeros((n_frames, n_edges), bool)
+    for f in range(n_frames):
+        k = counts[f]
+        S[f, :k], R[f, :k], E[f, :k] = senders[f], receivers[f], True
+    return Graph(positions=jnp.asarray(P), species=jnp.asarray(Z), senders=jnp.asarray(S),
+                 receivers=jnp.asarray(R), node_mask=jnp.asarray(node_mask),
+                 edge_mask=jnp.asarray(E), cell=None if cells is None else jnp.asarray(cells))
+
+
+def _pairs(pos: np.ndarray, cutoff: float, cells: np.ndarray | None):
+    """Directed neighbour pairs per frame from jax_md sparse lists (vmapped update).
+
+    The list is allocated on the first frame and updated for all frames in one vmapped
+    call; on overflow jax_md cannot reallocate inside vmap, so we reallocate on the
+    frame that overflowed (outside the transformation) and redo the batch.
+    """
+    n_frames, n_real, _ = pos.shape
+    same_cell = cells is None or np.allclose(cells, cells[0])
+    extent = float(np.ptp(pos, axis=(0, 1)).max() + 2 * cutoff) if n_real else 1.0
+    if not same_cell:
+        return tuple(map(list, zip(*[_frame_pairs(pos[f], cutoff, cells[f]) for f in range(n_frames)])))
+    nf = _neighbor_fn(cutoff, None if cells is None else cells[0], extent)
+    nbr = nf.allocate(jnp.asarray(pos[0]))
+    while True:
+        batch = jax.vmap(nbr.update)(jnp.asarray(pos))
+        over = np.asarray(batch.did_buffer_overflow)
+        if not over.any():
+            break
+        nbr = nf.allocate(jnp.asarray(pos[int(np.argmax(over))]), extra_capacity=nbr.idx.shape[-1])
+    idx = np.asarray(batch.idx)
+    senders, receivers = [], []
+    for f in range(n_frames):
+        keep = idx[f, 0] < n_real
+        senders.append(idx[f, 1][keep])
+        receivers.append(idx[f, 0][keep])
+    return senders, receivers
+
+
+def _frame_pairs(pos: np.ndarray, cutoff: float, cell: np.ndarray | None):
+    nf = _neighbor_fn(cutoff, cell, float(np.ptp(pos).max() + 2 * cutoff))
+    idx = np.asarray(nf.allocate(jnp.asarray(pos)).idx)
+    keep = idx[0] < pos.shape[0]
+    return idx[1][keep], idx[0][keep]
+
+
+def stack_graphs(graphs: Sequence[Graph]) -> Graph:
+    """Stack single-frame graphs of one size class into a batched graph (frame axis 0)."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *graphs)
+
+
+def pad_graph(graph: Graph, n_atoms: int, n_edges: int) -> Graph:
+    """Grow a graph's capacities with masked padding (works on batched graphs too).
+
+    Raises:
+        ValueError: if a requested capacity is smaller than the current one.
+    """
+    if n_atoms < graph.n_atoms or n_edges < graph.n_edges:
+        raise ValueError(f"cannot shrink a graph from ({graph.n_atoms} atoms, {graph.n_edges} edges) "
+                         f"to ({n_atoms}, {n_edges}); capacities only grow")
+    lead = graph.positions.shape[:-2]
+    da, de = n_atoms - graph.n_atoms, n_edges - graph.n_edges
+
+    def grow(x, d, value=0):
+        pad = [(0, 0)] * len(lead) + [(0, d)] + [(0, 0)] * (x.ndim - len(lead) - 1)
+        return jnp.pad(x, pad, constant_values=value)
+
+    return graph._replace(
+        positions=grow(graph.positions, da), species=grow(graph.species, da),
+        node_mask=grow(graph.node_mask, da, False), senders=grow(graph.senders, de),
+        receivers=grow(graph.receivers, de), edge_mask=grow(graph.edge_mask, de, False))

@@ -1,0 +1,94 @@
+"""PaiNN (Schütt, Unke, Gastegger, ICML 2021, arXiv:2102.03150) as a Flax NNX module.
+
+Scalar features s_i ∈ R^F and vector features v_i ∈ R^{3×F} (v⁽⁰⁾ = 0). Message:
+φ(s_j) ⊙ W(r_ij) split into (a, b, c); Δs_i = Σ_j a, Δv_i = Σ_j b ⊙ v_j + c ⊙ r̂_ij.
+Update: U v, V v; (d, e, f) = MLP([s, ‖V v‖]); Δv = d ⊙ U v, Δs = f + e ⊙ ⟨U v, V v⟩.
+Readout E_i = scale · MLP(s_i) + e_{Z_i}.
+
+Relevance policy (products of node-dependent factors, see jaxrel.relevance.rules): the
+scalar gates (b, c, d, e) are the frozen factor of each product and vector norms use
+v · sg(v/‖v‖), so gradient × input counts each term once.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrel.graph import Graph, edge_lengths
+from jaxrel.models.layers import MLP, cosine_cutoff, sinc_rbf
+from jaxrel.relevance.rules import RuleSet, apply_mask
+
+
+class Message(nnx.Module):
+    def __init__(self, n_features: int, n_rbf: int, *, rngs: nnx.Rngs, param_dtype):
+        self.phi = MLP(n_features, n_features, 3 * n_features, jax.nn.silu, rngs=rngs,
+                       param_dtype=param_dtype)
+        self.filter = nnx.Linear(n_rbf, 3 * n_features, rngs=rngs, param_dtype=param_dtype)
+
+    def __call__(self, s, v, graph: Graph, rbf, fcut, unit, rules: RuleSet):
+        n = s.shape[0]
+        x = self.phi(s, rules)[graph.senders] * (self.filter(rbf) * fcut[:, None])
+        a, b, c = jnp.split(x, 3, axis=-1)
+        dv = rules.product(b[:, None, :], v[graph.senders]) + rules.product(c[:, None, :], unit[:, :, None])
+        ds = jax.ops.segment_sum(a, graph.receivers, num_segments=n)
+        dv = jax.ops.segment_sum(dv, graph.receivers, num_segments=n)
+        return s + ds, v + dv
+
+
+class Update(nnx.Module):
+    def __init__(self, n_features: int, *, rngs: nnx.Rngs, param_dtype):
+        self.u = nnx.Linear(n_features, n_features, use_bias=False, rngs=rngs,
+                            param_dtype=param_dtype)
+        self.w = nnx.Linear(n_features, n_features, use_bias=False, rngs=rngs,
+                            param_dtype=param_dtype)
+        self.mlp = MLP(2 * n_features, n_features, 3 * n_features, jax.nn.silu, rngs=rngs,
+                       param_dtype=param_dtype)
+
+    def __call__(self, s, v, rules: RuleSet):
+        uv, wv = self.u(v), self.w(v)
+        x = self.mlp(jnp.concatenate([s, rules.norm(wv, axis=-2)], axis=-1), rules)
+        d, e, f = jnp.split(x, 3, axis=-1)
+        dv = rules.product(d[:, None, :], uv)
+        ds = f + rules.product(e, jnp.sum(rules.product(wv, uv), axis=-2))
+        return s + ds, v + dv
+
+
+class PaiNN(nnx.Module):
+    """PaiNN energy model; see :class:`jaxrel.models.Potential` for the pure API."""
+
+    def __init__(self, n_species: int, cutoff: float, n_features: int, n_interactions: int,
+                 n_rbf: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.cutoff, self.n_rbf, self.n_features = cutoff, n_rbf, n_features
+        self.embedding = nnx.Embed(n_species, n_features, rngs=rngs, param_dtype=param_dtype)
+        self.messages = nnx.List([Message(n_features, n_rbf, rngs=rngs, param_dtype=param_dtype)
+                                  for _ in range(n_interactions)])
+        self.updates = nnx.List([Update(n_features, rngs=rngs, param_dtype=param_dtype)
+                                 for _ in range(n_interactions)])
+        self.readout = MLP(n_features, n_features // 2, 1, jax.nn.silu, rngs=rngs,
+                           param_dtype=param_dtype)
+
+    def embed(self, species_index: jax.Array) -> jax.Array:
+        """Scalar features s⁽⁰⁾, (n_atoms, n_features); v⁽⁰⁾ = 0."""
+        return self.embedding(species_index)
+
+    def features(self, h0, graph: Graph, rules: RuleSet, masks):
+        """(s, v) after all interactions: (n_atoms, F) and (n_atoms, 3, F)."""
+        vec, r = edge_lengths(graph)
+        fcut = cosine_cutoff(r, self.cutoff) * graph.edge_mask
+        rbf = sinc_rbf(r, self.cutoff, self.n_rbf)
+        unit = jnp.where(r[:, None] > 0, vec / jnp.where(r[:, None] > 0, r[:, None], 1.0), 0.0)
+        s = apply_mask(h0, None if masks is None else masks[0])
+        v = jnp.zeros((s.shape[0], 3, s.shape[1]), s.dtype)
+        for t, (message, update) in enumerate(zip(self.messages, self.updates)):
+            s, v = message(s, v, graph, rbf, fcut, unit, rules)
+            s, v = update(s, v, rules)
+            m = None if masks is None else masks[t + 1]
+            s, v = apply_mask(s, m), apply_mask(v, m)
+        return s, v
+
+    def readout_input(self, h0, graph: Graph, rules: RuleSet, masks) -> jax.Array:
+        """Per-atom readout output y_i (n_atoms,)."""
+        s, _ = self.features(h0, graph, rules, masks)
+        return self.readout(s, rules)[:, 0]

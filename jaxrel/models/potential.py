@@ -1,0 +1,206 @@
+"""A trained potential as pure functions of ``(params, graph)``.
+
+One Flax NNX module definition serves training, forces, JAX-MD and relevance: it is
+split once with ``nnx.split`` into a static ``graphdef`` (held by :class:`Potential`)
+and ``params`` (an ``nnx.State`` pytree), and merged again inside each pure function,
+so every method composes with ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
+
+Energies are atomwise: E = Σ_i E_i with E_i = scale · y_i + e_{Z_i}, where y_i is the
+network's per-atom output and e_Z are per-species energy shifts fitted by least squares
+(Schütt et al., arXiv:1806.10349). Units: Å, eV, eV/Å.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxrel.graph import Graph, check_positions
+from jaxrel.models.layers import SpeciesShift, species_lookup
+from jaxrel.models.painn import PaiNN
+from jaxrel.models.schnet import SchNet
+from jaxrel.relevance.rules import RULES, RuleSet
+
+ARCHITECTURES = {"schnet": SchNet, "painn": PaiNN}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of a potential (stored in every checkpoint).
+
+    Attributes:
+        model: ``"schnet"`` or ``"painn"``.
+        species: atomic numbers (or CG bead ids ≥ 1) the model knows, sorted.
+        cutoff: neighbour cutoff r_c, Å.
+        n_features: feature width F.
+        n_interactions: number of message-passing layers T.
+        n_rbf: number of radial basis functions.
+        dtype: ``"float32"`` or ``"float64"`` parameters.
+    """
+
+    model: str
+    species: tuple[int, ...]
+    cutoff: float = 5.0
+    n_features: int = 64
+    n_interactions: int = 3
+    n_rbf: int = 20
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.model not in ARCHITECTURES:
+            raise ValueError(f"unknown model {self.model!r}; known: {sorted(ARCHITECTURES)}")
+        if not self.species or min(self.species) < 1:
+            raise ValueError(f"species must be positive atomic numbers, got {self.species}")
+        object.__setattr__(self, "species", tuple(sorted(int(z) for z in self.species)))
+        if self.cutoff <= 0 or self.n_features < 2 or self.n_interactions < 1 or self.n_rbf < 2:
+            raise ValueError(f"invalid hyperparameters {self}: need cutoff > 0 Å, n_features ≥ 2, "
+                             "n_interactions ≥ 1, n_rbf ≥ 2")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return cls(**{**d, "species": tuple(d["species"])})
+
+
+class EnergyModel(nnx.Module):
+    """The network plus fixed per-species shifts and energy scale."""
+
+    def __init__(self, config: ModelConfig, species_energies: dict[int, float] | None,
+                 energy_scale: float, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(config.dtype)
+        self.species = config.species
+        self.net = ARCHITECTURES[config.model](
+            len(config.species), config.cutoff, config.n_features, config.n_interactions,
+            config.n_rbf, rngs=rngs, param_dtype=dtype)
+        shifts = [float((species_energies or {}).get(z, 0.0)) for z in config.species]
+        self.shifts = SpeciesShift(jnp.asarray(shifts, dtype))
+        self.scale = SpeciesShift(jnp.asarray(energy_scale, dtype))
+
+    def embed(self, graph: Graph) -> jax.Array:
+        return self.net.embed(species_lookup(self.species, graph.species))
+
+    def atomwise_energy(self, h0, graph: Graph, rules: RuleSet, masks) -> jax.Array:
+        y = self.net.readout_input(h0, graph, rules, masks)
+        idx = species_lookup(self.species, graph.species)
+        return jnp.where(graph.node_mask, self.scale[...] * y + self.shifts[...][idx], 0.0)
+
+
+def _per_frame(fn):
+    """Let a single-frame method accept a batched graph by vmapping over frames."""
+
+    def wrapped(self, params, graph: Graph, *args):
+        if graph.is_batched:
+            return jax.vmap(lambda g: fn(self, params, g, *args))(graph)
+        return fn(self, params, graph, *args)
+
+    wrapped.__doc__, wrapped.__name__ = fn.__doc__, fn.__name__
+    return wrapped
+
+
+@dataclass(frozen=True)
+class Potential:
+    """Pure-function interface of a SchNet or PaiNN potential.
+
+    Every method takes ``params`` (the ``nnx.State`` from :meth:`create` or
+    :func:`jaxrel.train.load_checkpoint`) and a :class:`~jaxrel.graph.Graph`; a graph
+    with a leading frame axis is vmapped over frames. Methods do no host-side input
+    checks (they run under jit); call :meth:`check_graph` first on untrusted input.
+    """
+
+    config: ModelConfig
+    graphdef: Any
+
+    @classmethod
+    def create(cls, config: ModelConfig, species_energies: dict[int, float] | None = None,
+               energy_scale: float = 1.0, seed: int = 0) -> tuple["Potential", nnx.State]:
+        """A freshly initialised potential and its params.
+
+        Args:
+            config: hyperparameters.
+            species_energies: per-species energy shifts e_Z, eV (missing species: 0).
+            energy_scale: scale of the network output, eV.
+            seed: PRNG seed of the initialisation.
+        """
+        model = EnergyModel(config, species_energies, energy_scale, rngs=nnx.Rngs(seed))
+        graphdef, params = nnx.split(model)
+        return cls(config, graphdef), params
+
+    def module(self, params) -> EnergyModel:
+        """The NNX module for ``params`` (a State, or a tuple of States that make it up)."""
+        return nnx.merge(self.graphdef, *(params if isinstance(params, tuple) else (params,)))
+
+    def embedding(self, params, graph: Graph) -> jax.Array:
+        """Input features h⁽⁰⁾ = embed(Z) of one frame: (n_atoms, n_features)."""
+        return self.module(params).embed(graph)
+
+    def atomwise_energy_from_embedding(self, params, h0: jax.Array, graph: Graph,
+                                       rules: RuleSet | str = "identity",
+                                       masks: jax.Array | None = None) -> jax.Array:
+        """Atomwise energies E_i (eV) of one frame from given input features h⁽⁰⁾.
+
+        This is the entry point of the relevance engine: gradient × input with respect
+        to ``h0`` under a rule set and per-layer masks gives relevances.
+
+        Args:
+            h0: (n_atoms, n_features) input features (see :meth:`embedding`).
+            graph: one frame (unbatched; vmap for batches).
+            rules: a :class:`RuleSet` or its name (``"identity"``, ``"gi"``).
+            masks: (n_interactions + 1, n_atoms) per-layer atom masks (after the embedding
+                and after each interaction), or None.
+        Returns:
+            (n_atoms,) eV; 0 for padded atoms.
+        """
+        rules = RULES[rules] if isinstance(rules, str) else rules
+        return self.module(params).atomwise_energy(h0, graph, rules, masks)
+
+    @_per_frame
+    def atomwise_energy(self, params, graph: Graph, rules: RuleSet | str = "identity",
+                        masks: jax.Array | None = None) -> jax.Array:
+        """Atomwise energies E_i, eV: (n_atoms,) or (n_frames, n_atoms); 0 for padding.
+
+        ``rules`` and ``masks`` are as in :meth:`atomwise_energy_from_embedding`.
+        """
+        return self.atomwise_energy_from_embedding(params, self.embedding(params, graph),
+                                                   graph, rules, masks)
+
+    def energy(self, params, graph: Graph, rules: RuleSet | str = "identity",
+               masks: jax.Array | None = None) -> jax.Array:
+        """Total energy E = Σ_i E_i, eV: () for one frame, (n_frames,) for a batch."""
+        return self.atomwise_energy(params, graph, rules, masks).sum(-1)
+
+    @_per_frame
+    def energy_and_forces(self, params, graph: Graph) -> tuple[jax.Array, jax.Array]:
+        """Energy (eV) and forces F = −∂E/∂positions (eV/Å, (…, n_atoms, 3); 0 for padding)."""
+        e, grad = jax.value_and_grad(
+            lambda p: self.energy(params, graph._replace(positions=p)))(graph.positions)
+        return e, -grad
+
+    def check_graph(self, graph: Graph) -> None:
+        """Host-side input checks; raise ``ValueError`` with the fix in one sentence.
+
+        Checks: non-finite positions (real atoms), atoms closer than 0.1 Å, species the
+        model was not trained on, and edges beyond the cutoff capacity being masked.
+        """
+        pos = np.asarray(graph.positions)
+        species = np.asarray(graph.species)
+        mask = np.asarray(graph.node_mask)
+        if pos.ndim == 2:
+            pos, species, mask = pos[None], species[None], mask[None]
+        cells = None if graph.cell is None else np.broadcast_to(np.asarray(graph.cell), (len(pos), 3, 3))
+        known = set(self.config.species)
+        for f in range(len(pos)):
+            real = mask[f]
+            unknown = [(int(a), int(z)) for a, z in zip(np.flatnonzero(real), species[f][real]) if z not in known]
+            if unknown:
+                a, z = unknown[0]
+                raise ValueError(f"atom {a} has species {z}, which the model was not trained on "
+                                 f"(known: {', '.join(map(str, self.config.species))})")
+            check_positions(pos[f][real], min_distance=0.1, cell=None if cells is None else cells[f])

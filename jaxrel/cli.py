@@ -1,0 +1,190 @@
+"""Command line: ``jaxrel train | evaluate | generate | quickstart``.
+
+Units everywhere: lengths Å, energies eV, forces eV/Å, temperatures K, times fs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_RUN_DIR = "runs/quickstart"
+
+
+def _train(args) -> dict:
+    from jaxrel.data import fit_species_energies, read_frames, split_frames
+    from jaxrel.models import ModelConfig, Potential
+    from jaxrel.train import TrainConfig, evaluate, labelled_graphs, save_checkpoint, train
+
+    frames = read_frames(args.data)
+    n = len(frames)
+    n_val = args.validation if args.validation is not None else max(1, round(0.05 * n))
+    if args.test_data:
+        test_frames = read_frames(args.test_data)
+        n_train = args.train if args.train is not None else n - n_val
+        split = split_frames(n, n_train, n_val, 0, seed=args.seed)
+    else:
+        n_train = args.train if args.train is not None else round(0.8 * n)
+        split = split_frames(n, n_train, n_val, None, seed=args.seed)
+        test_frames = frames.select(split.test)
+    if len(split.train) == 0 or len(split.validation) == 0 or len(test_frames) == 0:
+        raise ValueError(f"{args.data} has {n} frames: too few for non-empty train ({len(split.train)}), "
+                         f"validation ({len(split.validation)}) and test ({len(test_frames)}) sets; "
+                         "give more frames, --test-data, or smaller --train/--validation")
+    train_frames, val_frames = frames.select(split.train), frames.select(split.validation)
+    species_energies = (fit_species_energies(train_frames) if train_frames.energies is not None
+                        else {})
+    if train_frames.forces is not None:
+        scale = float(np.sqrt(np.mean(train_frames.forces ** 2)))
+    else:
+        residual = train_frames.energies - sum(species_energies.get(int(z), 0.0) for z in frames.species)
+        scale = float(np.std(residual) / np.sqrt(len(frames.species)))
+    species = sorted(set(frames.species.tolist()) | set(test_frames.species.tolist()))
+    config = ModelConfig(args.model, tuple(species), cutoff=args.cutoff, n_features=args.features,
+                         n_interactions=args.interactions, n_rbf=args.rbf, dtype=args.dtype)
+    potential, params = Potential.create(config, species_energies, max(scale, 1e-3), seed=args.seed)
+    train_cfg = TrainConfig(epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
+                            learning_rate=args.lr, energy_weight=args.energy_weight,
+                            forces_weight=args.forces_weight, seed=args.seed)
+    data = {name: labelled_graphs(f, args.cutoff, args.dtype)
+            for name, f in (("train", train_frames), ("validation", val_frames), ("test", test_frames))}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    best, history = train(potential, params, data["train"], data["validation"], train_cfg,
+                          checkpoint_dir=out / "model", progress=not args.quiet)
+    metrics = {name: evaluate(potential, best, *data[name]) for name in ("validation", "test")}
+    metrics["training"] = {k: history[k] for k in ("seconds", "epochs", "steps", "best_epoch",
+                                                   "frames_per_second")}
+    metrics["n_frames"] = {"train": len(train_frames), "validation": len(val_frames),
+                           "test": len(test_frames)}
+    run = {"command": sys.argv, "data": str(args.data), "test_data": args.test_data,
+           "model": config.to_dict(), "training": vars(args) | {"func": None},
+           "species_energies_eV": {str(k): v for k, v in species_energies.items()},
+           "energy_scale_eV": scale, "history": history}
+    save_checkpoint(out / "model", potential, best, metadata={"run": run, "metrics": metrics})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _evaluate(args) -> dict:
+    from jaxrel.data import read_frames
+    from jaxrel.train import evaluate, labelled_graphs, load_checkpoint
+
+    potential, params, _ = load_checkpoint(args.model)
+    frames = read_frames(args.data)
+    graph, targets = labelled_graphs(frames, potential.config.cutoff, potential.config.dtype)
+    potential.check_graph(graph)
+    return {"test": evaluate(potential, params, graph, targets)}
+
+
+def _generate(args) -> dict:
+    from jaxrel.data.noble_gas import generate_noble_gas, save_noble_gas
+
+    start = time.perf_counter()
+    data = generate_noble_gas(args.species, n_atoms=args.atoms, n_frames=args.frames, seed=args.seed,
+                              temperature=args.temperature, cutoff=args.cutoff,
+                              three_body=not args.no_three_body, progress=not args.quiet)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_noble_gas(data, args.out)
+    return {"out": str(args.out), "n_frames": int(len(data["energies"])),
+            "n_atoms": int(len(data["species"])), "temperature_K": float(data["temperature_K"]),
+            "cutoff_A": float(data["cutoff"]), "three_body": bool(data["three_body"]),
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _quickstart(args) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_path = out / "argon.npz"
+    print(f"[1/2] generating a liquid-argon ground-truth set (LJ + Axilrod–Teller–Muto) → {data_path}")
+    _generate(argparse.Namespace(species="Ar", atoms=64, frames=args.frames, seed=0, temperature=None,
+                                 cutoff=None, no_three_body=False, quiet=False, out=data_path))
+    print(f"[2/2] training SchNet for {args.minutes} min on it")
+    metrics = _train(argparse.Namespace(
+        data=str(data_path), test_data=None, model="schnet", cutoff=6.0, features=32,
+        interactions=2, rbf=20, dtype="float32", epochs=None, minutes=args.minutes, batch_size=8,
+        lr=1e-3, energy_weight=0.5, forces_weight=0.5, seed=0, train=None, validation=None,
+        quiet=False, out=str(out)))
+    test = metrics["test"]
+    print(f"test set ({test['n_frames']} frames of 64 Ar atoms): energy MAE "
+          f"{test['energy_mae_meV']:.2f} meV/frame ({test['energy_mae_meV'] / 64:.3f} meV/atom), "
+          f"force MAE {test['forces_mae_meV_per_A']:.2f} meV/Å")
+    print(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}")
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxrel", description="Explain machine-learned interatomic potentials (units: Å, eV, eV/Å, K, fs).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train SchNet or PaiNN on energies and/or forces")
+    p.add_argument("--data", required=True, help="rMD17/water/CG npz, jaxrel noble-gas npz, or any file ase reads")
+    p.add_argument("--test-data", help="separate test file (else a test split of --data)")
+    p.add_argument("--model", choices=["schnet", "painn"], default="schnet")
+    p.add_argument("--cutoff", type=float, default=5.0, help="neighbour cutoff, Å (default 5)")
+    p.add_argument("--features", type=int, default=64, help="feature width (default 64)")
+    p.add_argument("--interactions", type=int, default=3, help="message-passing layers (default 3)")
+    p.add_argument("--rbf", type=int, default=20, help="radial basis functions (default 20)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    stop = p.add_mutually_exclusive_group(required=True)
+    stop.add_argument("--epochs", type=int)
+    stop.add_argument("--minutes", type=float, help="wall-clock training budget")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (decays to 2e-5)")
+    p.add_argument("--energy-weight", type=float, default=0.05,
+                   help="loss weight of the per-atom energy error, eV² (0: force matching)")
+    p.add_argument("--forces-weight", type=float, default=0.95, help="loss weight of force errors, (eV/Å)²")
+    p.add_argument("--train", type=int, help="training frames (default: all but validation/test)")
+    p.add_argument("--validation", type=int, help="validation frames (default 5%%)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="output folder: OUT/model/ and OUT/metrics.json")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="errors of a trained model on labelled frames (JSON)")
+    p.add_argument("--model", required=True, help="model folder written by train (OUT/model)")
+    p.add_argument("--data", required=True)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("generate", help="ground-truth data sets")
+    gsub = p.add_subparsers(dest="system", required=True)
+    g = gsub.add_parser("noble-gas", help="Ar/Kr liquid, LJ + Axilrod–Teller–Muto, exact n-body terms")
+    g.add_argument("--species", choices=["Ar", "Kr", "ArKr"], default="Ar")
+    g.add_argument("--atoms", type=int, default=64)
+    g.add_argument("--frames", type=int, default=100)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--temperature", type=float, help="K (default: near the triple point)")
+    g.add_argument("--cutoff", type=float, help="Å (default 2.5 σ)")
+    g.add_argument("--no-three-body", action="store_true", help="switch the ATM term off (null test)")
+    g.add_argument("--quiet", action="store_true")
+    g.add_argument("--out", required=True, help="output .npz")
+    g.set_defaults(func=_generate)
+
+    p = sub.add_parser("quickstart", help="generate liquid argon, train SchNet, print test errors")
+    p.add_argument("--out", default=DEFAULT_RUN_DIR)
+    p.add_argument("--minutes", type=float, default=3.0)
+    p.add_argument("--frames", type=int, default=200)
+    p.set_defaults(func=_quickstart)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        print(f"jaxrel {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    if args.command != "quickstart":
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

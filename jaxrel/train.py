@@ -1,0 +1,334 @@
+"""Training (optax), evaluation and checkpoints of potentials.
+
+Loss: w_E · mean((ΔE / n_atoms)²) + w_F · mean(ΔF²) with E in eV and F in eV/Å
+(energy weight 0 is force matching, for coarse-grained data). Adam/AdamW with gradient
+clipping, a learning rate decaying exponentially with training progress, an exponential
+moving average (EMA) of the parameters, and the EMA parameters with the lowest
+validation loss kept as the best checkpoint.
+
+Checkpoints are a folder with ``config.json`` (model config, species, units, training
+settings and metrics) and ``params.msgpack`` (flax.serialization msgpack of the params),
+which reload bit-identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jaxrel.graph import Graph, build_graphs
+from jaxrel.models import ModelConfig, Potential
+from jaxrel.models.layers import SpeciesShift
+
+UNITS = {"length": "Å", "energy": "eV", "forces": "eV/Å"}
+CHECKPOINT_FORMAT = 1
+
+
+class Targets(NamedTuple):
+    """Reference labels for a batched graph.
+
+    energies: (n_frames,) eV, or None (force matching).
+    forces: (n_frames, n_atoms, 3) eV/Å (zero rows for padded atoms), or None.
+    """
+
+    energies: jax.Array | None
+    forces: jax.Array | None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+        epochs: number of passes over the training frames (or None with ``minutes``).
+        minutes: wall-clock budget; training stops after the epoch that exceeds it.
+        batch_size: frames per step (the last incomplete batch of an epoch is dropped;
+            frames are reshuffled every epoch).
+        learning_rate, final_learning_rate: exponential decay between the two with progress.
+        weight_decay: AdamW decoupled weight decay (0 gives Adam).
+        energy_weight, forces_weight: loss weights w_E (per-atom energy, eV²) and w_F (eV²/Å²).
+        ema_decay: EMA factor per step (0 disables the EMA).
+        clip_norm: global gradient-norm clip.
+        seed: shuffling seed.
+    """
+
+    epochs: int | None = None
+    minutes: float | None = None
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    final_learning_rate: float = 2e-5
+    weight_decay: float = 0.0
+    energy_weight: float = 0.05
+    forces_weight: float = 0.95
+    ema_decay: float = 0.99
+    clip_norm: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if (self.epochs is None) == (self.minutes is None):
+            raise ValueError("give exactly one of epochs or minutes to stop training")
+        if self.batch_size < 1 or (self.epochs is not None and self.epochs < 1) or (
+                self.minutes is not None and self.minutes <= 0):
+            raise ValueError(f"invalid training settings {self}")
+
+
+def _batch(graph: Graph, targets: Targets, idx: jax.Array) -> tuple[Graph, Targets]:
+    take = lambda x: None if x is None else jnp.take(x, idx, axis=0)  # noqa: E731
+    return jax.tree.map(take, graph), Targets(take(targets.energies), take(targets.forces))
+
+
+def _losses(potential: Potential, params, graph: Graph, targets: Targets, weight: jax.Array):
+    """Weighted per-frame squared errors: (energy term, forces term), each a scalar mean."""
+    energy, forces = potential.energy_and_forces(params, graph)
+    n_real = graph.node_mask.sum(-1)
+    total = jnp.maximum(weight.sum(), 1.0)
+    e_loss = f_loss = jnp.zeros((), energy.dtype)
+    if targets.energies is not None:
+        e_loss = jnp.sum(weight * ((energy - targets.energies) / n_real) ** 2) / total
+    if targets.forces is not None:
+        sq = jnp.sum((forces - targets.forces) ** 2, axis=-1) * graph.node_mask
+        f_loss = jnp.sum(weight * sq.sum(-1) / (3 * n_real)) / total
+    return e_loss, f_loss
+
+
+def _index_batches(n: int, batch_size: int, rng: np.random.Generator | None):
+    """Fixed-size index batches with a 0/1 weight marking padding (one compiled shape)."""
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    if rng is not None:
+        for k in range(n // batch_size):
+            yield order[k * batch_size:(k + 1) * batch_size], np.ones(batch_size)
+        return
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        w = np.ones(batch_size)
+        w[len(idx):] = 0.0
+        yield np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])]), w
+
+
+def evaluate(potential: Potential, params, graph: Graph, targets: Targets,
+             batch_size: int = 64) -> dict:
+    """Mean absolute errors of a potential on labelled frames.
+
+    Args:
+        graph: batched graph (n_frames leading axis).
+        targets: reference energies (eV) and/or forces (eV/Å).
+    Returns:
+        ``{"energy_mae_meV", "forces_mae_meV_per_A", "energy_rmse_meV",
+        "forces_rmse_meV_per_A", "n_frames"}``; energy entries are None without
+        reference energies (per-frame total energies, meV), forces per component.
+    """
+    n = graph.positions.shape[0]
+    fn = jax.jit(potential.energy_and_forces)
+    e_err, f_err = [], []
+    for idx, w in _index_batches(n, min(batch_size, n), None):
+        g, t = _batch(graph, targets, jnp.asarray(idx))
+        energy, forces = fn(params, g)
+        keep = w > 0
+        if t.energies is not None:
+            e_err.append(np.asarray(energy - t.energies)[keep])
+        if t.forces is not None:
+            mask = np.asarray(g.node_mask)[keep]
+            f_err.append(np.asarray(forces - t.forces)[keep][mask].ravel())
+    out = {"n_frames": int(n)}
+    for key, errs, unit in (("energy", e_err, "meV"), ("forces", f_err, "meV_per_A")):
+        err = np.concatenate(errs) if errs else None
+        out[f"{key}_mae_{unit}"] = None if err is None else float(1000 * np.abs(err).mean())
+        out[f"{key}_rmse_{unit}"] = None if err is None else float(1000 * np.sqrt((err ** 2).mean()))
+    return out
+
+
+def train(potential: Potential, params, train_data: tuple[Graph, Targets],
+          validation_data: tuple[Graph, Targets], config: TrainConfig,
+          checkpoint_dir: str | Path | None = None, progress: bool = True) -> tuple[nnx.State, dict]:
+    """Fit a potential's trainable parameters; return the best EMA params and a history.
+
+    Args:
+        potential, params: from :meth:`Potential.create` (per-species shifts and scale
+            in ``params`` stay fixed).
+        train_data, validation_data: (batched graph, targets); every frame must share one
+            size class (capacities).
+        config: optimisation settings.
+        checkpoint_dir: if given, the best params are saved there whenever the
+            validation loss improves.
+        progress: show a progress bar with live losses.
+
+    Returns:
+        ``(best_params, history)``; history has per-epoch ``train_loss``,
+        ``validation_loss``, ``learning_rate``, and ``seconds``, ``steps``,
+        ``frames_per_second``, ``best_epoch``.
+
+    Raises:
+        ValueError: fewer training frames than one batch, or no validation frames.
+    """
+    graph, targets = train_data
+    n_train = graph.positions.shape[0]
+    if n_train < config.batch_size:
+        raise ValueError(f"{n_train} training frames are fewer than one batch of {config.batch_size}; "
+                         "lower --batch-size or add frames")
+    if validation_data[0].positions.shape[0] == 0:
+        raise ValueError("the validation set is empty; give at least one validation frame")
+
+    trainable, constants = nnx.split_state(params, nnx.Param, SpeciesShift)
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(config.clip_norm),
+        optax.inject_hyperparams(optax.adamw)(learning_rate=config.learning_rate,
+                                              weight_decay=config.weight_decay))
+    opt_state = optimizer.init(trainable)
+    w_e, w_f = config.energy_weight, config.forces_weight
+
+    def loss_fn(p, g, t, weight):
+        e_loss, f_loss = _losses(potential, (p, constants), g, t, weight)
+        return w_e * e_loss + w_f * f_loss
+
+    @jax.jit
+    def step(p, ema, opt_state, lr, idx, graph, targets):
+        g, t = _batch(graph, targets, idx)
+        loss, grads = jax.value_and_grad(loss_fn)(p, g, t, jnp.ones(idx.shape[0], g.positions.dtype))
+        opt_state[1].hyperparams["learning_rate"] = lr
+        updates, opt_state = optimizer.update(grads, opt_state, p)
+        p = optax.apply_updates(p, updates)
+        d = config.ema_decay
+        ema = jax.tree.map(lambda e, q: d * e + (1 - d) * q, ema, p)
+        return p, ema, opt_state, loss
+
+    val_graph, val_targets = validation_data
+
+    @jax.jit
+    def val_loss(p, idx, weight, val_graph, val_targets):
+        g, t = _batch(val_graph, val_targets, idx)
+        return loss_fn(p, g, t, weight) * weight.sum()
+
+    def validation(p):
+        n = val_graph.positions.shape[0]
+        total = sum(float(val_loss(p, jnp.asarray(i), jnp.asarray(w, val_graph.positions.dtype),
+                                   val_graph, val_targets))
+                    for i, w in _index_batches(n, min(config.batch_size, n), None))
+        return total / n
+
+    rng = np.random.default_rng(config.seed)
+    ema, best, best_loss, best_epoch = trainable, trainable, math.inf, 0
+    history = {"train_loss": [], "validation_loss": [], "learning_rate": []}
+    start, steps, epoch = time.perf_counter(), 0, 0
+    bar = tqdm(total=config.epochs if config.epochs else None, disable=not progress,
+               desc=f"train {potential.config.model}", unit="epoch")
+    while True:
+        elapsed = time.perf_counter() - start
+        frac = (epoch / config.epochs) if config.epochs else elapsed / (60 * config.minutes)
+        if frac >= 1.0:
+            break
+        lr = config.learning_rate * (config.final_learning_rate / config.learning_rate) ** frac
+        losses = []
+        for idx, _ in _index_batches(n_train, config.batch_size, rng):
+            trainable, ema, opt_state, loss = step(trainable, ema, opt_state, lr, jnp.asarray(idx),
+                                                   graph, targets)
+            losses.append(loss)
+            steps += 1
+        epoch += 1
+        train_loss = float(np.mean(jax.device_get(losses)))
+        current = validation(ema)
+        for key, value in (("train_loss", train_loss), ("validation_loss", current), ("learning_rate", lr)):
+            history[key].append(value)
+        if not np.isfinite(train_loss):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); "
+                                     "lower the learning rate or check the data for outliers")
+        if current < best_loss:
+            best, best_loss, best_epoch = ema, current, epoch
+            if checkpoint_dir is not None:
+                save_checkpoint(checkpoint_dir, potential, nnx.merge_state(best, constants))
+        bar.update(1)
+        bar.set_postfix(loss=f"{train_loss:.3g}", val=f"{current:.3g}", best=f"{best_loss:.3g}", lr=f"{lr:.1e}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    history.update(seconds=seconds, steps=steps, epochs=epoch, best_epoch=best_epoch,
+                   best_validation_loss=best_loss,
+                   frames_per_second=steps * config.batch_size / seconds)
+    return nnx.merge_state(best, constants), history
+
+
+def save_checkpoint(directory: str | Path, potential: Potential, params,
+                    metadata: dict | None = None) -> Path:
+    """Write ``config.json`` and ``params.msgpack`` into ``directory`` (created if needed).
+
+    ``metadata`` (JSON-serialisable) is stored under ``"metadata"`` in config.json.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"format": CHECKPOINT_FORMAT, "model": potential.config.to_dict(), "units": UNITS,
+              "metadata": metadata or {}}
+    data = flax.serialization.msgpack_serialize(jax.device_get(nnx.to_pure_dict(params)))
+    (directory / "params.msgpack").write_bytes(data)
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
+def load_checkpoint(directory: str | Path) -> tuple[Potential, nnx.State, dict]:
+    """Reload a checkpoint written by :func:`save_checkpoint`.
+
+    Returns:
+        ``(potential, params, metadata)``; params are bit-identical to the saved ones.
+    Raises:
+        FileNotFoundError: the folder or one of its two files is missing.
+        ValueError: config.json or params.msgpack is unreadable or does not match.
+    """
+    directory = Path(directory)
+    for name in ("config.json", "params.msgpack"):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"no checkpoint at {directory}: {name} is missing; pass the "
+                                    "model folder written by 'jaxrel train' (OUT/model)")
+    try:
+        config = json.loads((directory / "config.json").read_text())
+        model_config = ModelConfig.from_dict(config["model"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint {directory}/config.json is corrupt ({err}); retrain or "
+                         "restore the file") from None
+    potential, template = Potential.create(model_config)
+    try:
+        restored = flax.serialization.msgpack_restore((directory / "params.msgpack").read_bytes())
+        expected = jax.tree.map(lambda x: (x.shape, x.dtype), nnx.to_pure_dict(template))
+        found = jax.tree.map(lambda x: (x.shape, x.dtype), restored)
+        if expected != found:
+            raise ValueError("parameter shapes do not match the model config")
+        nnx.replace_by_pure_dict(template, restored)
+    except Exception as err:  # msgpack raises many types on truncated or foreign bytes
+        raise ValueError(f"checkpoint {directory}/params.msgpack is corrupt ({type(err).__name__}: "
+                         f"{err}); retrain or restore the file") from None
+    return potential, template, config.get("metadata", {})
+
+
+def config_dict(config) -> dict:
+    """A dataclass config as a JSON-ready dict (for metrics and saved run settings)."""
+    return dataclasses.asdict(config)
+
+
+def labelled_graphs(frames, cutoff: float, dtype: str = "float32",
+                    n_edges: int | None = None) -> tuple[Graph, Targets]:
+    """A batched graph and targets from :class:`jaxrel.data.readers.Frames`.
+
+    Args:
+        frames: positions Å, energies eV, forces eV/Å (either may be None).
+        cutoff: neighbour cutoff, Å.
+        dtype: float dtype of positions and targets (the model's dtype).
+        n_edges: edge capacity (None: the largest edge count of these frames).
+    Raises:
+        ValueError: as :func:`jaxrel.graph.build_graphs`, or when the frames have
+            neither energies nor forces.
+    """
+    if frames.energies is None and frames.forces is None:
+        raise ValueError(f"{frames.source} has neither energies nor forces to train or evaluate on")
+    graph = build_graphs(frames.positions, frames.species, cutoff, cell=frames.cell, n_edges=n_edges)
+    cast = lambda x: None if x is None else jnp.asarray(x, dtype)  # noqa: E731
+    graph = graph._replace(positions=cast(graph.positions), cell=cast(graph.cell))
+    return graph, Targets(cast(frames.energies), cast(frames.forces))

@@ -60,7 +60,7 @@ class TrainConfig:
         learning_rate, final_learning_rate: exponential decay between the two with progress.
         weight_decay: AdamW decoupled weight decay (0 gives Adam).
         energy_weight, forces_weight: loss weights w_E (per-atom energy, eV²) and w_F (eV²/Å²).
-        ema_decay: EMA factor per step (0 disables the EMA).
+        ema_decay: EMA factor per step, warmed up as min(decay, (1+n)/(10+n)) (0 disables it).
         clip_norm: global gradient-norm clip.
         seed: shuffling seed.
     """
@@ -200,7 +200,10 @@ def train(potential: Potential, params, train_data: tuple[Graph, Targets],
         opt_state[1].hyperparams["learning_rate"] = lr
         updates, opt_state = optimizer.update(grads, opt_state, p)
         p = optax.apply_updates(p, updates)
-        d = config.ema_decay
+        # EMA with the usual warm-up (decay ≤ (1 + n)/(10 + n)) so early averages do not
+        # keep the random initialisation.
+        n = opt_state[1].count.astype(jnp.float32)
+        d = jnp.minimum(config.ema_decay, (1.0 + n) / (10.0 + n))
         ema = jax.tree.map(lambda e, q: d * e + (1 - d) * q, ema, p)
         return p, ema, opt_state, loss
 
@@ -301,7 +304,7 @@ def load_checkpoint(directory: str | Path) -> tuple[Potential, nnx.State, dict]:
         found = jax.tree.map(lambda x: (x.shape, x.dtype), restored)
         if expected != found:
             raise ValueError("parameter shapes do not match the model config")
-        nnx.replace_by_pure_dict(template, restored)
+        nnx.replace_by_pure_dict(template, jax.tree.map(jnp.asarray, restored))
     except Exception as err:  # msgpack raises many types on truncated or foreign bytes
         raise ValueError(f"checkpoint {directory}/params.msgpack is corrupt ({type(err).__name__}: "
                          f"{err}); retrain or restore the file") from None

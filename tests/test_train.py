@@ -1,0 +1,132 @@
+"""Training, checkpoints and the train/evaluate command line."""
+
+import json
+
+import ase
+import ase.io
+import jax
+import numpy as np
+import pytest
+from ase.calculators.singlepoint import SinglePointCalculator
+from flax import nnx
+
+from jaxrel.cli import main
+from jaxrel.data import read_frames
+from jaxrel.models import ModelConfig, Potential
+from jaxrel.train import (TrainConfig, evaluate, labelled_graphs, load_checkpoint,
+                          save_checkpoint, train)
+
+jax.config.update("jax_enable_x64", True)
+
+
+def morse_dimers(path, n_frames=40, seed=0):
+    """An extxyz of noisy O–H–H triangles with a Morse-pair energy (eV) and exact forces."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n_frames):
+        pos = np.array([[0.0, 0, 0], [0.97, 0, 0], [-0.25, 0.93, 0]]) + 0.08 * rng.normal(size=(3, 3))
+        d = pos[:, None] - pos[None]
+        r = np.linalg.norm(d, axis=-1) + np.eye(3)
+        x = np.exp(-2.0 * (r - 1.0))
+        pair = 0.5 * (x ** 2 - 2 * x) * (1 - np.eye(3))
+        dpair = 0.5 * (-4.0 * x ** 2 + 4.0 * x) * (1 - np.eye(3))
+        forces = -np.sum(dpair[..., None] * d / r[..., None], axis=1)
+        atoms = ase.Atoms("OHH", positions=pos)
+        atoms.calc = SinglePointCalculator(atoms, energy=float(pair.sum() / 2) - 14.0, forces=forces)
+        frames.append(atoms)
+    ase.io.write(path, frames, format="extxyz")
+    return path
+
+
+@pytest.fixture(scope="module")
+def dimers(tmp_path_factory):
+    return morse_dimers(tmp_path_factory.mktemp("data") / "morse.extxyz")
+
+
+def small_potential(dtype="float64", model="schnet", n_features=8):
+    return Potential.create(ModelConfig(model, (1, 8), cutoff=3.0, n_features=n_features,
+                                        n_interactions=1, n_rbf=8, dtype=dtype),
+                            {1: -4.0, 8: -6.0}, energy_scale=0.5, seed=0)
+
+
+def test_training_lowers_the_validation_loss_and_keeps_the_best_params(dimers):
+    frames = read_frames(dimers)
+    pot, params = small_potential(n_features=16)
+    data = labelled_graphs(frames.select(slice(0, 32)), 3.0, "float64")
+    val = labelled_graphs(frames.select(slice(32, 40)), 3.0, "float64")
+    before = evaluate(pot, params, *val)
+    best, history = train(pot, params, data, val, TrainConfig(epochs=15, batch_size=8, learning_rate=1e-2), progress=False)
+    after = evaluate(pot, best, *val)
+    assert after["forces_mae_meV_per_A"] < 0.5 * before["forces_mae_meV_per_A"]
+    assert history["best_validation_loss"] == min(history["validation_loss"])
+    # per-species shifts and the energy scale are fixed, not trained
+    np.testing.assert_array_equal(best["shifts"][...], params["shifts"][...])
+
+
+def test_force_matching_trains_without_energies(dimers):
+    frames = read_frames(dimers)
+    pot, params = small_potential()
+    graph, targets = labelled_graphs(frames, 3.0, "float64")
+    targets = targets._replace(energies=None)
+    best, _ = train(pot, params, (graph, targets), (graph, targets),
+                    TrainConfig(epochs=3, batch_size=8, energy_weight=0.0), progress=False)
+    metrics = evaluate(pot, best, graph, targets)
+    assert metrics["energy_mae_meV"] is None and metrics["forces_mae_meV_per_A"] > 0
+
+
+def test_checkpoint_round_trip_is_bit_identical(tmp_path, dimers):
+    pot, params = small_potential("float32", model="painn")
+    save_checkpoint(tmp_path / "model", pot, params, metadata={"note": "x"})
+    pot2, params2, meta = load_checkpoint(tmp_path / "model")
+    assert pot2.config == pot.config and meta == {"note": "x"}
+    for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(params)), jax.tree.leaves(nnx.to_pure_dict(params2))):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+    graph, _ = labelled_graphs(read_frames(dimers), 3.0, "float32")
+    np.testing.assert_array_equal(pot.energy(params, graph), pot2.energy(params2, graph))
+
+
+def test_missing_or_corrupt_checkpoints_raise_clear_errors(tmp_path):
+    pot, params = small_potential()
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        load_checkpoint(tmp_path / "nowhere")
+    save_checkpoint(tmp_path / "m", pot, params)
+    blob = (tmp_path / "m" / "params.msgpack").read_bytes()
+    (tmp_path / "m" / "params.msgpack").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="params.msgpack is corrupt"):
+        load_checkpoint(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is corrupt"):
+        load_checkpoint(tmp_path / "m")
+
+
+def test_cli_train_then_evaluate_writes_metrics_json(tmp_path, dimers, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(dimers), "--model", "painn", "--cutoff", "3", "--features", "8",
+                 "--interactions", "1", "--rbf", "6", "--epochs", "2", "--batch-size", "4",
+                 "--quiet", "--out", str(out)])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"energy_mae_meV", "forces_mae_meV_per_A", "n_frames"}
+    assert metrics["test"]["n_frames"] == 40 - 32 - 2
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out / "model"), "--data", str(dimers)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["test"]["n_frames"] == 40 and printed["test"]["forces_mae_meV_per_A"] > 0
+
+
+def test_cli_reports_an_empty_data_file_in_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    assert main(["train", "--data", str(empty), "--epochs", "1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "empty.npz" in err and "\n" not in err
+
+
+def test_cli_evaluate_rejects_species_the_model_never_saw(tmp_path, dimers, capsys):
+    pot, params = small_potential("float32")
+    save_checkpoint(tmp_path / "m", pot, params)
+    atoms = ase.Atoms("OHC", positions=[[0, 0, 0], [1.0, 0, 0], [0, 1.1, 0]])
+    atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=np.zeros((3, 3)))
+    ase.io.write(tmp_path / "c.extxyz", [atoms], format="extxyz")
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "c.extxyz")]) == 2
+    assert "atom 2 has species 6, which the model was not trained on (known: 1, 8)" in capsys.readouterr().err

@@ -113,7 +113,8 @@ def _quickstart(args) -> dict:
     test = metrics["test"]
     print(f"test set ({test['n_frames']} frames of 64 Ar atoms): energy MAE "
           f"{test['energy_mae_meV']:.2f} meV/frame ({test['energy_mae_meV'] / 64:.3f} meV/atom), "
-          f"force MAE {test['forces_mae_meV_per_A']:.2f} meV/Å")
+          f"force MAE {test['forces_mae_meV_per_A']:.2f} meV/Å "
+          f"(reference forces: RMS {test['forces_reference_rms_meV_per_A']:.1f} meV/Å)")
     print(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}")
     return metrics
 

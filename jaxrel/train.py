@@ -127,8 +127,9 @@ def evaluate(potential: Potential, params, graph: Graph, targets: Targets,
         targets: reference energies (eV) and/or forces (eV/Å).
     Returns:
         ``{"energy_mae_meV", "forces_mae_meV_per_A", "energy_rmse_meV",
-        "forces_rmse_meV_per_A", "n_frames"}``; energy entries are None without
-        reference energies (per-frame total energies, meV), forces per component.
+        "forces_rmse_meV_per_A", "forces_reference_rms_meV_per_A", "n_frames"}``; energy
+        entries are None without reference energies (per-frame total energies, meV);
+        forces per Cartesian component; the reference RMS sets the scale of the force errors.
     """
     n = graph.positions.shape[0]
     fn = jax.jit(potential.energy_and_forces)
@@ -142,7 +143,9 @@ def evaluate(potential: Potential, params, graph: Graph, targets: Targets,
         if t.forces is not None:
             mask = np.asarray(g.node_mask)[keep]
             f_err.append(np.asarray(forces - t.forces)[keep][mask].ravel())
-    out = {"n_frames": int(n)}
+    out = {"n_frames": int(n), "forces_reference_rms_meV_per_A": None if targets.forces is None else
+           float(1000 * np.sqrt(np.sum(np.asarray(targets.forces) ** 2) /
+                                (3 * np.asarray(graph.node_mask).sum())))}
     for key, errs, unit in (("energy", e_err, "meV"), ("forces", f_err, "meV_per_A")):
         err = np.concatenate(errs) if errs else None
         out[f"{key}_mae_{unit}"] = None if err is None else float(1000 * np.abs(err).mean())

@@ -3,7 +3,11 @@
 import os
 from pathlib import Path
 
+import jax
 import pytest
+
+# Exactness tests run in float64 (models are created with dtype="float64" explicitly).
+jax.config.update("jax_enable_x64", True)
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

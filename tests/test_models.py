@@ -10,8 +10,6 @@ from flax import nnx
 from jaxrel.graph import build_graphs, pad_graph
 from jaxrel.models import ModelConfig, Potential
 
-jax.config.update("jax_enable_x64", True)
-
 MODELS = ["schnet", "painn"]
 SPECIES = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])
 CUTOFF = 3.0
@@ -126,6 +124,14 @@ def test_padding_changes_no_energy_force_or_atomwise_energy(potential):
     assert np.isfinite(jax.grad(lambda p: pot.energy(params, padded._replace(positions=p)).sum())(
         padded.positions)).all()
 
+    def relevance(graph):  # per-atom gradient × input of the embedding under GI rules
+        h0 = pot.embedding(params, graph)
+        grad = jax.grad(lambda h: pot.atomwise_energy_from_embedding(params, h, graph, "gi").sum())(h0)
+        return (h0 * grad).sum(-1)
+
+    np.testing.assert_allclose(relevance(padded.frame(0))[:g.n_atoms], relevance(g.frame(0)), rtol=1e-12)
+    np.testing.assert_array_equal(relevance(padded.frame(0))[g.n_atoms:], 0.0)
+
 
 def test_jit_equals_eager_and_batch_equals_single_frames(potential):
     pot, params = potential
@@ -188,12 +194,13 @@ def test_painn_vector_features_rotate_with_the_frame():
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("nan", "non-finite position"),
-    ("close", "closer than 0.1 Å"),
+    (np.nan, "frame 0, atom 3 has a non-finite position"),
+    (np.inf, "frame 0, atom 3 has a non-finite position"),
+    ("close", "atoms 2 and 3 are 0.05 Å apart, closer than 0.1 Å"),
 ])
 def test_bad_positions_raise_a_clear_error(bad, message):
     pos = molecule()[0]
-    pos[3] = np.nan if bad == "nan" else pos[2] + 0.05
+    pos[3] = pos[2] + [0.05, 0, 0] if bad == "close" else bad
     with pytest.raises(ValueError, match=message):
         build_graphs(pos, SPECIES, CUTOFF)
 

@@ -52,8 +52,15 @@ def test_output_has_exactly_the_documented_keys_shapes_and_dtypes(argon):
     assert float(argon["cutoff"]) == 5.5 and int(argon["seed"]) == 0
 
 
-def test_generation_leaves_global_x64_setting_unchanged(argon):
-    assert not jax.config.jax_enable_x64
+def test_generation_leaves_global_x64_setting_unchanged():
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)
+    try:
+        ng.generate_noble_gas("Ar", n_atoms=32, n_frames=1, cutoff=5.5, equilibration_steps=5,
+                           steps_between_frames=5)
+        assert not jax.config.jax_enable_x64
+    finally:
+        jax.config.update("jax_enable_x64", before)
 
 
 def test_pairs_and_triplets_are_the_listed_neighbours_within_the_cutoff(argon):

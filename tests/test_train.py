@@ -16,8 +16,6 @@ from jaxrel.models import ModelConfig, Potential
 from jaxrel.train import (TrainConfig, evaluate, labelled_graphs, load_checkpoint,
                           save_checkpoint, train)
 
-jax.config.update("jax_enable_x64", True)
-
 
 def morse_dimers(path, n_frames=40, seed=0):
     """An extxyz of noisy O–H–H triangles with a Morse-pair energy (eV) and exact forces."""

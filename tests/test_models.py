@@ -179,12 +179,14 @@ def test_painn_vector_features_rotate_with_the_frame():
     pot, params = make("painn")
     pos = molecule()[0]
     rot = random_rotation(7)
-    net = pot.module(params)
 
-    def vectors(p):
+    def vectors(p):  # (s, v) after every layer
         g = build_graphs(p, SPECIES, CUTOFF).frame(0)
-        from jaxrel.relevance import RULES
-        return net.net.features(pot.embedding(params, g), g, RULES["identity"], None)
+        layers, _ = pot.layer_functions(params, g)
+        h = pot.embedding(params, g)
+        for layer in layers:
+            h = layer(h)
+        return h
 
     s1, v1 = vectors(pos)
     s2, v2 = vectors(pos @ rot.T)

@@ -61,7 +61,7 @@ def sinc_rbf(r: jax.Array, cutoff: float, n_rbf: int) -> jax.Array:
 
 
 class MLP(nnx.Module):
-    """Dense → activation → Dense on the node path, with rule-aware activation.
+    """Dense → activation → Dense on the node path; dense layers and activation follow ``rules``.
 
     Args:
         d_in, d_hidden, d_out: feature sizes.
@@ -75,7 +75,8 @@ class MLP(nnx.Module):
         self.activation = activation
 
     def __call__(self, x: jax.Array, rules: RuleSet) -> jax.Array:
-        return self.second(rules.activation(self.activation, self.first(x)))
+        hidden = rules.activation(self.activation, rules.dense(self.first, x))
+        return rules.dense(self.second, hidden)
 
 
 class SpeciesShift(nnx.Variable):

@@ -73,22 +73,27 @@ class PaiNN(nnx.Module):
         """Scalar features s⁽⁰⁾, (n_atoms, n_features); v⁽⁰⁾ = 0."""
         return self.embedding(species_index)
 
-    def features(self, h0, graph: Graph, rules: RuleSet, masks):
-        """(s, v) after all interactions: (n_atoms, F) and (n_atoms, 3, F)."""
+    def layer_functions(self, graph: Graph, rules: RuleSet):
+        """Per-layer maps of one frame: ``([h⁽ᵗ⁻¹⁾ ↦ h⁽ᵗ⁾ for t = 1..T], h⁽ᵀ⁾ ↦ y)``.
+
+        h⁽⁰⁾ is the scalar embedding s⁽⁰⁾ (n_atoms, F) (v⁽⁰⁾ = 0 is created by layer 1);
+        later states are (s (n_atoms, F), v (n_atoms, 3, F)); y is (n_atoms,).
+        """
         vec, r = edge_lengths(graph)
         fcut = cosine_cutoff(r, self.cutoff) * graph.edge_mask
         rbf = sinc_rbf(r, self.cutoff, self.n_rbf)
         unit = jnp.where(r[:, None] > 0, vec / jnp.where(r[:, None] > 0, r[:, None], 1.0), 0.0)
-        s = apply_mask(h0, None if masks is None else masks[0])
-        v = jnp.zeros((s.shape[0], 3, s.shape[1]), s.dtype)
-        for t, (message, update) in enumerate(zip(self.messages, self.updates)):
-            s, v = message(s, v, graph, rbf, fcut, unit, rules)
-            s, v = update(s, v, rules)
-            m = None if masks is None else masks[t + 1]
-            s, v = apply_mask(s, m), apply_mask(v, m)
-        return s, v
+        n_layers = len(self.messages)
 
-    def readout_input(self, h0, graph: Graph, rules: RuleSet, masks) -> jax.Array:
-        """Per-atom readout output y_i (n_atoms,)."""
-        s, _ = self.features(h0, graph, rules, masks)
-        return self.readout(s, rules)[:, 0]
+        def interaction(t):
+            def layer(h):
+                s, v = (h, jnp.zeros((h.shape[0], 3, h.shape[1]), h.dtype)) if t == 0 else h
+                layer_rules = rules.at_layer(t + 1)
+                s, v = self.messages[t](s, v, graph, rbf, fcut, unit, layer_rules)
+                return self.updates[t](s, v, layer_rules)
+            return layer
+
+        def readout(h):
+            return self.readout(h[0], rules.at_layer(n_layers + 1))[:, 0]
+
+        return [interaction(t) for t in range(n_layers)], readout

@@ -25,7 +25,7 @@ from jaxrel.graph import Graph, check_positions
 from jaxrel.models.layers import SpeciesShift, species_lookup
 from jaxrel.models.painn import PaiNN
 from jaxrel.models.schnet import SchNet
-from jaxrel.relevance.rules import RULES, RuleSet
+from jaxrel.relevance.rules import RULES, RuleSet, apply_mask
 
 ARCHITECTURES = {"schnet": SchNet, "painn": PaiNN}
 
@@ -87,10 +87,22 @@ class EnergyModel(nnx.Module):
     def embed(self, graph: Graph) -> jax.Array:
         return self.net.embed(species_lookup(self.species, graph.species))
 
-    def atomwise_energy(self, h0, graph: Graph, rules: RuleSet, masks) -> jax.Array:
-        y = self.net.readout_input(h0, graph, rules, masks)
+    def layer_functions(self, graph: Graph, rules: RuleSet):
+        """``(layers, energy_readout)``: per-layer maps and h⁽ᵀ⁾ ↦ atomwise energies (eV)."""
+        layers, readout = self.net.layer_functions(graph, rules)
         idx = species_lookup(self.species, graph.species)
-        return jnp.where(graph.node_mask, self.scale[...] * y + self.shifts[...][idx], 0.0)
+
+        def energy_readout(h):
+            return jnp.where(graph.node_mask, self.scale[...] * readout(h) + self.shifts[...][idx], 0.0)
+
+        return layers, energy_readout
+
+    def atomwise_energy(self, h0, graph: Graph, rules: RuleSet, masks) -> jax.Array:
+        layers, energy_readout = self.layer_functions(graph, rules)
+        h = apply_mask(h0, None if masks is None else masks[0])
+        for t, layer in enumerate(layers):
+            h = jax.tree.map(lambda x: apply_mask(x, None if masks is None else masks[t + 1]), layer(h))
+        return energy_readout(h)
 
 
 def _per_frame(fn):
@@ -160,6 +172,18 @@ class Potential:
         """
         rules = RULES[rules] if isinstance(rules, str) else rules
         return self.module(params).atomwise_energy(h0, graph, rules, masks)
+
+    def layer_functions(self, params, graph: Graph, rules: RuleSet | str = "identity"):
+        """The forward pass of one frame split into layers, for the relevance engine.
+
+        Returns:
+            ``(layers, energy_readout)``: ``layers[t - 1]`` maps h⁽ᵗ⁻¹⁾ to h⁽ᵗ⁾ (h⁽⁰⁾ from
+            :meth:`embedding`; later states are arrays (SchNet) or (s, v) tuples (PaiNN)
+            with atoms on axis 0), and ``energy_readout`` maps h⁽ᵀ⁾ to atomwise energies
+            (n_atoms,) eV. Composing them equals :meth:`atomwise_energy_from_embedding`.
+        """
+        rules = RULES[rules] if isinstance(rules, str) else rules
+        return self.module(params).layer_functions(graph, rules)
 
     @_per_frame
     def atomwise_energy(self, params, graph: Graph, rules: RuleSet | str = "identity",

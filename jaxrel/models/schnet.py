@@ -30,7 +30,7 @@ class Interaction(nnx.Module):
     def __call__(self, h, graph: Graph, rbf, fcut, rules: RuleSet):
         # Filters depend on distances only: fixed edge weights for every rule set.
         w = self.filter(rbf, RuleSet("identity")) * fcut[:, None]
-        x = self.in2f(h)
+        x = rules.dense(self.in2f, h)
         messages = x[graph.senders] * w
         m = jax.ops.segment_sum(messages, graph.receivers, num_segments=h.shape[0])
         return h + self.f2out(m, rules)
@@ -53,13 +53,21 @@ class SchNet(nnx.Module):
         """h⁽⁰⁾, (n_atoms, n_features)."""
         return self.embedding(species_index)
 
-    def readout_input(self, h0: jax.Array, graph: Graph, rules: RuleSet,
-                      masks: jax.Array | None) -> jax.Array:
-        """Per-atom readout output y_i (n_atoms,) from h⁽⁰⁾ through all interactions."""
+    def layer_functions(self, graph: Graph, rules: RuleSet):
+        """Per-layer maps of one frame: ``([h⁽ᵗ⁻¹⁾ ↦ h⁽ᵗ⁾ for t = 1..T], h⁽ᵀ⁾ ↦ y)``.
+
+        Features are (n_atoms, n_features); y is the per-atom readout output (n_atoms,).
+        Distance-only quantities (filters, cutoff) are computed once and closed over.
+        """
         _, r = edge_lengths(graph)
         fcut = cosine_cutoff(r, self.cutoff) * graph.edge_mask
         rbf = gaussian_rbf(r, self.cutoff, self.n_rbf)
-        h = apply_mask(h0, None if masks is None else masks[0])
-        for t, block in enumerate(self.interactions):
-            h = apply_mask(block(h, graph, rbf, fcut, rules), None if masks is None else masks[t + 1])
-        return self.readout(h, rules)[:, 0]
+        n_layers = len(self.interactions)
+
+        def interaction(t):
+            return lambda h: self.interactions[t](h, graph, rbf, fcut, rules.at_layer(t + 1))
+
+        def readout(h):
+            return self.readout(h, rules.at_layer(n_layers + 1))[:, 0]
+
+        return [interaction(t) for t in range(n_layers)], readout

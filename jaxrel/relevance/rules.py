@@ -19,6 +19,16 @@ Rules implemented here:
   a · b freeze the first factor (the gate) so relevance flows through b only (a
   degree-2 term is otherwise counted twice by gradient × input); vector norms
   ‖v‖ become v · sg(v/‖v‖).
+* ``lrp-eps`` — as ``gi``, and every node-path dense layer z = Wx + b passes relevance
+  with a stabilised denominator: x_j w_jk R_k / (z_k + ε sign z_k) (Bach et al. 2015,
+  PLoS ONE 10:e0130140). The ε share, and the bias share, stay in the layer.
+* ``lrp-gamma`` — as ``gi``, and every node-path dense layer favours contributions of the
+  output's sign: R_j = Σ_k (z_jk + γ z_jk^±) / Σ_j' (z_j'k + γ z_j'k^±) · R_k with
+  z_jk = x_j w_jk and z^± its part of the sign of z_k (Montavon et al. 2019, the
+  sign-aware form used for GNN-LRP by Schnake et al. 2022). γ = 0 is LRP-0.
+
+Layers acting on equivariant vector channels (PaiNN's U, V) keep LRP-0 under every
+rule: a sign-based rule on Cartesian components would not be rotation invariant.
 """
 
 from __future__ import annotations
@@ -34,19 +44,59 @@ from jaxrel.graph import safe_norm
 sg = jax.lax.stop_gradient
 
 
+RULE_NAMES = ("identity", "gi", "lrp-eps", "lrp-gamma")
+
+
 @dataclass(frozen=True)
 class RuleSet:
     """How nonlinearities propagate relevance (forward values never change).
 
     Attributes:
-        name: ``"identity"`` or ``"gi"``.
+        name: one of ``"identity"``, ``"gi"``, ``"lrp-eps"``, ``"lrp-gamma"``.
+        epsilon: ε of ``lrp-eps`` (in units of the layer's pre-activations).
+        gamma: γ of ``lrp-gamma``: one value for every dense layer, or a tuple with
+            one value per interaction layer (index t − 1; the readout uses the last).
     """
 
     name: str = "identity"
+    epsilon: float = 0.01
+    gamma: float | tuple[float, ...] = 0.25
 
     def __post_init__(self):
-        if self.name not in ("identity", "gi"):
-            raise ValueError(f"unknown rule set {self.name!r}; known: 'identity', 'gi'")
+        if self.name not in RULE_NAMES:
+            raise ValueError(f"unknown rule set {self.name!r}; known: {', '.join(RULE_NAMES)}")
+        gammas = self.gamma if isinstance(self.gamma, tuple) else (self.gamma,)
+        if self.epsilon < 0 or min(gammas) < 0:
+            raise ValueError(f"epsilon and gamma must be ≥ 0, got {self.epsilon}, {self.gamma}")
+
+    def at_layer(self, t: int) -> "RuleSet":
+        """The rule set with the γ of interaction layer ``t`` (1-based; larger t: last γ)."""
+        if not isinstance(self.gamma, tuple):
+            return self
+        return RuleSet(self.name, self.epsilon, self.gamma[min(t, len(self.gamma)) - 1])
+
+    def dense(self, layer, x: jax.Array) -> jax.Array:
+        """An ``nnx.Linear`` applied to x, with the rule's relevance redistribution."""
+        z = layer(x)
+        if self.name in ("identity", "gi"):
+            return z
+        kernel = layer.kernel[...]
+        bias = 0.0 if layer.bias is None else layer.bias[...]
+        if self.name == "lrp-eps":
+            denominator = z + self.epsilon * jnp.where(z >= 0, 1.0, -1.0)
+            share = z / denominator
+        else:
+            gamma = self.gamma[-1] if isinstance(self.gamma, tuple) else self.gamma
+            xp, xn = jnp.maximum(x, 0), jnp.minimum(x, 0)
+            wp, wn = jnp.maximum(kernel, 0), jnp.minimum(kernel, 0)
+            positive = xp @ wp + xn @ wn   # contributions z_jk > 0
+            negative = xp @ wn + xn @ wp   # contributions z_jk < 0
+            p = x @ kernel + bias + gamma * jnp.where(z >= 0, positive, negative)
+            safe_p = jnp.where(p == 0, 1.0, p)
+            share = jnp.where(p == 0, 0.0, z / safe_p)
+            # d/dx of p · sg(z/p) = (W + γ W^±) z/p: relevance in proportion to z_jk + γ z_jk^±.
+            return p * sg(share) + sg(z - p * share)
+        return z * sg(share) + sg(z - z * share)
 
     def activation(self, fn: Callable[[jax.Array], jax.Array], z: jax.Array) -> jax.Array:
         """σ(z), or under ``gi`` the frozen gate z · sg(σ(z)/z) (σ'(0) where z = 0)."""
@@ -73,7 +123,7 @@ class RuleSet:
         return jnp.sum(v * sg(unit), axis=axis)
 
 
-RULES = {name: RuleSet(name) for name in ("identity", "gi")}
+RULES = {name: RuleSet(name) for name in RULE_NAMES}
 
 
 def apply_mask(h: jax.Array, mask: jax.Array | None) -> jax.Array:

@@ -5,9 +5,11 @@ Scalar features s_i ∈ R^F and vector features v_i ∈ R^{3×F} (v⁽⁰⁾ = 0
 Update: U v, V v; (d, e, f) = MLP([s, ‖V v‖]); Δv = d ⊙ U v, Δs = f + e ⊙ ⟨U v, V v⟩.
 Readout E_i = scale · MLP(s_i) + e_{Z_i}.
 
-Relevance policy (products of node-dependent factors, see jaxrel.relevance.rules): the
-scalar gates (b, c, d, e) are the frozen factor of each product and vector norms use
-v · sg(v/‖v‖), so gradient × input counts each term once.
+Relevance policy (products of node-dependent factors, see jaxrel.relevance.rules): in
+b ⊙ v_j, d ⊙ U v and e ⊙ ⟨U v, V v⟩ the scalar gates b, d, e (and V v) are the frozen
+factor; c ⊙ r̂_ij is linear in c (r̂ is a fixed edge weight); vector norms use
+v · sg(v/‖v‖). Gradient × input then counts each term once, and with GI rules and no
+biases the walk relevances sum to the energy.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class Message(nnx.Module):
         n = s.shape[0]
         x = self.phi(s, rules)[graph.senders] * (self.filter(rbf) * fcut[:, None])
         a, b, c = jnp.split(x, 3, axis=-1)
-        dv = rules.product(b[:, None, :], v[graph.senders]) + rules.product(c[:, None, :], unit[:, :, None])
+        # c ⊙ r̂: r̂ depends on distances only (an edge weight), so c is not a frozen gate.
+        dv = rules.product(b[:, None, :], v[graph.senders]) + c[:, None, :] * unit[:, :, None]
         ds = jax.ops.segment_sum(a, graph.receivers, num_segments=n)
         dv = jax.ops.segment_sum(dv, graph.receivers, num_segments=n)
         return s + ds, v + dv

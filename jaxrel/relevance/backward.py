@@ -91,12 +91,16 @@ def as_rules(rules: RuleSet | str) -> RuleSet:
     return RULES[rules]
 
 
-def padded_layer_sets(layer_sets: np.ndarray) -> np.ndarray:
-    """Pad the mask count to a power of two with empty masks (rows of −1).
+def padded_layer_sets(layer_sets: np.ndarray, step: int = 64) -> np.ndarray:
+    """Pad the mask count with empty masks (rows of −1) to a size class: a power of two
+    below ``step``, else a multiple of ``step``.
 
-    Frames with different numbers of pairs/triplets then share compiled code.
+    Frames with different numbers of pairs/triplets then share compiled code, and at
+    most ``step`` − 1 wasted passes are added.
     """
     n = len(layer_sets)
     size = 1 << max(0, (n - 1).bit_length())
+    if size > step:
+        size = -(-n // step) * step
     pad = np.full((size - n,) + layer_sets.shape[1:], -1, layer_sets.dtype)
     return np.concatenate([layer_sets, pad])

@@ -29,6 +29,66 @@ from jaxrel.relevance.rules import RuleSet
 from jaxrel.relevance.walks import _require_single_frame, successors
 
 
+def pack_subsets(graph: Graph, subsets: np.ndarray, max_per_pass: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Group atom sets so that sets sharing one masked backward pass cannot interact.
+
+    Two sets may share a pass when they are disjoint and no edge joins them: the masked
+    cotangent of each then never reaches the other's atoms, so one backward pass with
+    the union mask returns every set's relevance on its own atoms (the backward pass is
+    linear in the cotangent). Greedy first fit, larger sets first, in a fixed
+    pseudo-random order within each size (denser packing than spatial order).
+
+    Args:
+        subsets: (n, k) int atom sets, −1 = unused slot.
+        max_per_pass: most sets in one pass.
+
+    Returns:
+        ``(passes (n_passes, max_per_pass · k) int32 with −1 padding, pass_of (n,) int)``.
+    """
+    n_atoms = graph.n_atoms
+    closed = np.eye(n_atoms, dtype=bool)
+    edge_mask = np.asarray(graph.edge_mask)
+    closed[np.asarray(graph.senders)[edge_mask], np.asarray(graph.receivers)[edge_mask]] = True
+    closed |= closed.T
+    k = subsets.shape[1]
+    blocked = np.zeros((0, n_atoms), bool)
+    count = np.zeros(0, int)
+    members: list[list[int]] = []
+    pass_of = np.zeros(len(subsets), int)
+    sizes = (subsets >= 0).sum(axis=1)
+    shuffled = np.random.default_rng(0).permutation(len(subsets))
+    for row in shuffled[np.argsort(-sizes[shuffled], kind="stable")]:
+        atoms = subsets[row][subsets[row] >= 0]
+        free = ~blocked[:, atoms].any(axis=1) & (count < max_per_pass)
+        p = int(np.argmax(free)) if free.any() else len(members)
+        if p == len(members):
+            blocked = np.vstack([blocked, np.zeros((1, n_atoms), bool)])
+            count = np.append(count, 0)
+            members.append([])
+        blocked[p] |= closed[atoms].any(axis=0)
+        count[p] += 1
+        members[p].extend(atoms.tolist())
+        pass_of[row] = p
+    passes = np.full((len(members), max_per_pass * k), -1, np.int32)
+    for p, atoms in enumerate(members):
+        passes[p, :len(atoms)] = atoms
+    return passes, pass_of
+
+
+def _subset_relevance(potential, params, graph: Graph, subsets: np.ndarray, rules: RuleSet,
+                      chunk_size: int | None):
+    """Packed masked passes → (R(S) (n,) eV, energy eV, Σ gradient × input eV)."""
+    T = potential.config.n_interactions
+    passes, pass_of = pack_subsets(graph, subsets)
+    layer_sets = np.repeat(passes[:, None, :], T + 1, axis=1)
+    relevance, energy, gxi = masked_relevance(potential, params, graph, padded_layer_sets(layer_sets),
+                                              rules, all_start=False, chunk_size=chunk_size)
+    relevance = np.asarray(relevance, np.float64)
+    rows = np.repeat(pass_of[:, None], subsets.shape[1], axis=1)
+    values = np.where(subsets >= 0, relevance[rows, np.maximum(subsets, 0)], 0.0).sum(-1)
+    return values, float(energy), float(np.asarray(gxi, np.float64).sum())
+
+
 def subset_relevance(potential, params, graph: Graph, subsets: np.ndarray,
                      rules: RuleSet | str = "gi", chunk_size: int | None = 256) -> np.ndarray:
     """R(S) (eV) for each atom set S: the summed relevance of all walks inside S.
@@ -56,11 +116,7 @@ def subset_relevance(potential, params, graph: Graph, subsets: np.ndarray,
                          f"({int(real.sum())} atoms)")
     if len(subsets) == 0:
         return np.zeros(0)
-    T = potential.config.n_interactions
-    sets = np.repeat(subsets[:, None, :], T + 1, axis=1)
-    relevance, _, _ = masked_relevance(potential, params, graph, padded_layer_sets(sets),
-                                       as_rules(rules), all_start=False, chunk_size=chunk_size)
-    return np.asarray(relevance, np.float64)[: len(subsets)].sum(-1)
+    return _subset_relevance(potential, params, graph, subsets, as_rules(rules), chunk_size)[0]
 
 
 def connected_sets(graph: Graph, max_order: int) -> dict[int, np.ndarray]:
@@ -126,7 +182,8 @@ def nbody_decomposition(potential, params, graph: Graph, max_order: int = 3,
                         rules: RuleSet | str = "gi", chunk_size: int | None = 256) -> NBody:
     """Exact 1- to ``max_order``-body relevance terms of one frame.
 
-    One masked backward pass per connected set (vmapped, chunked), then Möbius inversion.
+    One masked backward pass per group of non-interacting connected sets (see
+    :func:`pack_subsets`; vmapped, chunked), then Möbius inversion.
 
     Args:
         graph: one frame.
@@ -146,11 +203,8 @@ def nbody_decomposition(potential, params, graph: Graph, max_order: int = 3,
     start = time.perf_counter()
     sets = connected_sets(graph, max_order)
     rows = [np.pad(s, ((0, 0), (0, max_order - n)), constant_values=-1) for n, s in sets.items()]
-    flat = np.concatenate(rows)
-    layer_sets = np.repeat(flat[:, None, :], T + 1, axis=1)
-    relevance, energy, gxi = masked_relevance(potential, params, graph, padded_layer_sets(layer_sets),
-                                              as_rules(rules), all_start=False, chunk_size=chunk_size)
-    subset_r = np.asarray(relevance, np.float64)[: len(flat)].sum(-1)
+    subset_r, energy, total = _subset_relevance(potential, params, graph, np.concatenate(rows),
+                                                as_rules(rules), chunk_size)
     exact: dict[tuple[int, ...], float] = {}
     offset = 0
     for n, s in sets.items():
@@ -165,7 +219,6 @@ def nbody_decomposition(potential, params, graph: Graph, max_order: int = 3,
     for n, s in sets.items():
         values = np.array([exact[tuple(r)] for r in s.tolist()], np.float64)
         orders[n] = _table(s, values, species, positions, vectors)
-    total = float(np.asarray(gxi, np.float64).sum())
     order_totals = {n: float(t.relevance.sum()) for n, t in orders.items()}
     return NBody(orders=orders, energy=float(energy), total=total,
                  residual=total - sum(order_totals.values()), bias_relevance=float(energy) - total,
@@ -183,7 +236,7 @@ def nbody_decomposition_frames(potential, params, graph: Graph, max_order: int =
 
 
 def _pair_vectors(graph: Graph):
-    """A function (i, j) → minimum-image vector x_j − x_i (Å) for the frame's cell."""
+    """A function (i, j) → minimum-image vectors x_j − x_i (Å), vectorised over arrays."""
     positions = np.asarray(graph.positions, np.float64)
     cell = None if graph.cell is None else np.asarray(graph.cell, np.float64)
     inverse = None if cell is None else np.linalg.inv(cell)
@@ -201,18 +254,15 @@ def _pair_vectors(graph: Graph):
 def _table(sets, values, species, positions, vector) -> Table:
     n = sets.shape[1]
     pairs = list(itertools.combinations(range(n), 2))
-    d = np.zeros((len(sets), len(pairs)))
+    distances = np.stack([np.linalg.norm(vector(sets[:, a], sets[:, b]), axis=-1) for a, b in pairs],
+                         axis=1) if pairs else np.zeros((len(sets), 0))
     angles = None
-    for r, row in enumerate(sets):
-        for c, (a, b) in enumerate(pairs):
-            d[r, c] = np.linalg.norm(vector(row[a], row[b]))
     if n == 3:
         angles = np.zeros((len(sets), 3))
-        for r, row in enumerate(sets):
-            for c in range(3):
-                u = vector(row[c], row[(c + 1) % 3])
-                v = vector(row[c], row[(c + 2) % 3])
-                cos = np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v))
-                angles[r, c] = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+        for c in range(3):
+            u = vector(sets[:, c], sets[:, (c + 1) % 3])
+            v = vector(sets[:, c], sets[:, (c + 2) % 3])
+            cos = np.sum(u * v, -1) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
+            angles[:, c] = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
     return Table(atoms=sets, species=species[sets].astype(np.int32), relevance=values,
-                 distances=d, angles=angles)
+                 distances=distances, angles=angles)

@@ -1,0 +1,157 @@
+"""Attribution speed on the published GNN-LRP reference geometry (125 CG-methane beads).
+
+Frame: ../shared/data/cg_methane_frame/bonneau_cg_methane_frame0.npz (Bonneau et al. 2024,
+box 20.77 × 20.41 × 17.97 Å) when present, else a synthetic frame of the same shape
+(125 beads, same box, mean degree ≈ 9 within 5 Å). Model: SchNet, T = 3 interactions,
+128 features, 5 Å cutoff, random weights (speed does not depend on training).
+
+Measures, in one run:
+* full walk enumeration with jaxrel (one masked backward per walk suffix, vmapped);
+* the complete 1-, 2- and 3-body decomposition with jaxrel (packed subset masks);
+* the naive method of the published reference code — one masked forward + backward
+  per walk — timed on a random sample of walks and extrapolated to all walks (said so
+  in the JSON);
+* compiled peak temporary memory (XLA memory analysis) of the masked backward for
+  different numbers of masks at a fixed chunk size, to show it does not grow with them.
+
+    python benchmarks/relevance_speed.py [--sample 200] [--repeats 3]
+
+Writes benchmarks/results/relevance_speed_<backend>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrel.graph import build_graphs
+from jaxrel.models import ModelConfig, Potential
+from jaxrel.relevance import enumerate_walks, nbody_decomposition, walk_relevance
+from jaxrel.relevance.backward import masked_relevance
+from jaxrel.relevance.rules import RULES
+
+ROOT = Path(__file__).resolve().parents[1]
+BOX = np.array([20.768, 20.41, 17.969])
+PUBLISHED = {"gpu": "RTX 3090", "seconds_per_frame": 25 * 60, "walks_per_second": 83}
+
+from train_rmd17 import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+
+def reference_frame() -> tuple[np.ndarray, np.ndarray, str]:
+    path = Path(os.environ.get("JAXREL_DATA", ROOT.parent / "shared" / "data")) / \
+        "cg_methane_frame" / "bonneau_cg_methane_frame0.npz"
+    if path.is_file():
+        data = np.load(path)
+        return data["coords"], np.asarray(data["cell"]), f"published frame {path.name}"
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.arange(5)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    coords = (grid + 0.5 + 0.15 * rng.normal(size=grid.shape)) * BOX / 5
+    return coords % BOX, np.diag(BOX), "synthetic 125-bead frame (reference frame not found)"
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sample", type=int, default=200, help="walks timed with the naive method")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+
+    coords, cell, source = reference_frame()
+    graph = build_graphs(coords, np.ones(len(coords), np.int32), 5.0, cell=cell).frame(0)
+    config = ModelConfig("schnet", (1,), cutoff=5.0, n_features=128, n_interactions=3, n_rbf=20)
+    potential, params = Potential.create(config, seed=0)
+    n_edges = int(graph.edge_mask.sum())
+
+    start = time.perf_counter()
+    walks = enumerate_walks(graph, 3)
+    enumerate_seconds = time.perf_counter() - start
+    walk_relevance(potential, params, graph, walks)  # compile
+    walk_seconds = best_of(lambda: walk_relevance(potential, params, graph, walks), args.repeats)
+
+    first = time.perf_counter()
+    nb = nbody_decomposition(potential, params, graph, max_order=3)
+    first = time.perf_counter() - first
+    nbody_seconds = best_of(lambda: nbody_decomposition(potential, params, graph, max_order=3),
+                            args.repeats)
+
+    # Naive: one masked forward + backward per walk, as the published reference code does.
+    h_in = potential.embedding(params, graph)
+
+    @jax.jit
+    def one_walk(walk):
+        masks = jnp.zeros((4, graph.n_atoms), h_in.dtype).at[jnp.arange(4), walk].set(1.0)
+
+        def energy(h):
+            return potential.atomwise_energy_from_embedding(params, h, graph, "gi", masks).sum()
+
+        return jnp.sum(h_in[walk[0]] * jax.grad(energy)(h_in)[walk[0]])
+
+    sample = walks[np.random.default_rng(0).choice(len(walks), args.sample, replace=False)]
+    one_walk(jnp.asarray(sample[0])).block_until_ready()
+    start = time.perf_counter()
+    naive = [float(one_walk(jnp.asarray(w))) for w in sample]
+    naive_seconds = time.perf_counter() - start
+    naive_rate = args.sample / naive_seconds
+    fast = walk_relevance(potential, params, graph, sample)
+    agreement = float(np.max(np.abs(np.array(naive) - fast)) / np.max(np.abs(fast)))
+
+    memory = {}
+    for n_masks in (1024, 4096, 16384):
+        sets = np.zeros((n_masks, 4, 1), np.int32)
+        compiled = masked_relevance.lower(potential, params, graph, jnp.asarray(sets), RULES["gi"],
+                                          all_start=True, chunk_size=256).compile()
+        analysis = compiled.memory_analysis()
+        memory[str(n_masks)] = {
+            "temp_bytes": int(analysis.temp_size_in_bytes),
+            "output_bytes": int(analysis.output_size_in_bytes)} if analysis is not None else None
+
+    naive_full = len(walks) / naive_rate
+    result = {
+        "benchmark": "relevance_speed", "command": "python benchmarks/relevance_speed.py",
+        "machine": machine(), "frame": source, "n_atoms": int(graph.node_mask.sum()),
+        "n_directed_edges": n_edges, "mean_degree": n_edges / int(graph.node_mask.sum()),
+        "model": config.to_dict(), "rules": "gi",
+        "n_walks": int(len(walks)),
+        "walk_enumeration": {"seconds": walk_seconds + enumerate_seconds,
+                             "walks_per_second": len(walks) / (walk_seconds + enumerate_seconds)},
+        "nbody_decomposition": {
+            "max_order": 3, "seconds": nbody_seconds, "seconds_first_call_with_compile": first,
+            "n_terms": {str(k): int(len(t.atoms)) for k, t in nb.orders.items()},
+            "conservation": {"energy_eV": nb.energy, "total_relevance_eV": nb.total,
+                             "residual_order_4_eV": nb.residual}},
+        "naive_one_pass_per_walk": {
+            "measured_walks": args.sample, "seconds_measured": naive_seconds,
+            "walks_per_second": naive_rate, "extrapolated_seconds_all_walks": naive_full,
+            "extrapolated": True, "max_relative_difference_to_jaxrel": agreement},
+        "speedup": {"walks_vs_naive": (len(walks) / (walk_seconds + enumerate_seconds)) / naive_rate,
+                    "nbody_vs_naive_full_enumeration": naive_full / nbody_seconds},
+        "published_reference": PUBLISHED,
+        "peak_temporary_memory_by_mask_count_chunk_256": memory,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"relevance_speed_{jax.default_backend()}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("n_walks", "walk_enumeration", "nbody_decomposition",
+                                             "naive_one_pass_per_walk", "speedup")}, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

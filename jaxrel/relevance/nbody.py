@@ -266,3 +266,22 @@ def _table(sets, values, species, positions, vector) -> Table:
             angles[:, c] = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
     return Table(atoms=sets, species=species[sets].astype(np.int32), relevance=values,
                  distances=distances, angles=angles)
+
+
+def save_nbody(results: list[NBody], path, frames: list[int] | None = None) -> None:
+    """Write n-body tables of many frames to one ``.npz``, one table per body order.
+
+    Keys for each order n: ``order{n}_frame`` (m,) frame index, ``order{n}_atoms`` (m, n),
+    ``order{n}_species`` (m, n), ``order{n}_relevance`` (m,) eV, ``order{n}_distances``
+    (m, n(n−1)/2) Å, and for n = 3 ``order3_angles`` (m, 3) degrees (angle at each atom).
+    """
+    frames = list(range(len(results))) if frames is None else frames
+    out = {}
+    for n in sorted({n for r in results for n in r.orders}):
+        tables = [(f, r.orders[n]) for f, r in zip(frames, results) if n in r.orders]
+        out[f"order{n}_frame"] = np.concatenate([np.full(len(t.atoms), f, np.int32) for f, t in tables])
+        for key in ("atoms", "species", "relevance", "distances"):
+            out[f"order{n}_{key}"] = np.concatenate([getattr(t, key) for _, t in tables])
+        if n == 3:
+            out["order3_angles"] = np.concatenate([t.angles for _, t in tables])
+    np.savez(path, **out)

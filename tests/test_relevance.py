@@ -303,3 +303,18 @@ def test_top_k_walks_are_the_k_largest_by_magnitude(case, k):
     sorted_mag = np.abs(case.relevance[best])
     if sorted_mag[k - 1] - sorted_mag[k] > 1e-6 * sorted_mag[0]:  # no tie at the boundary
         assert as_set(walks) == as_set(case.walks[best[:k]])
+
+
+def test_walk_selection_by_atom_order_and_start_matches_a_direct_filter(case):
+    from jaxrel.relevance import body_order, select_walks
+
+    walks = case.walks
+    orders = np.array([len(set(w)) for w in walks.tolist()])
+    np.testing.assert_array_equal(body_order(walks), orders)
+    a, b = int(case.graph.senders[0]), int(case.graph.receivers[0])  # a bonded pair
+    chosen = select_walks(walks, atoms=[a, b], order=2)
+    expected = [w for w, o in zip(walks.tolist(), orders) if o == 2 and {a, b} <= set(w)]
+    assert len(expected) > 0 and chosen.tolist() == expected
+    assert (select_walks(walks, start=3)[:, 0] == 3).all()
+    with pytest.raises(ValueError, match="no walk visits atoms"):
+        select_walks(walks, atoms=4, order=2)  # atom 4 is isolated: only its self-walk

@@ -59,6 +59,41 @@ def enumerate_walks(graph: Graph, n_interactions: int) -> np.ndarray:
     return walks.astype(np.int32)
 
 
+def body_order(walks: np.ndarray) -> np.ndarray:
+    """Number of distinct atoms each walk visits: (n_walks,) int (1 … T + 1)."""
+    walks = np.sort(np.asarray(walks), axis=1)
+    return 1 + (np.diff(walks, axis=1) != 0).sum(axis=1)
+
+
+def select_walks(walks: np.ndarray, atoms: int | list[int] | None = None,
+                 order: int | None = None, start: int | None = None) -> np.ndarray:
+    """The walks that visit all of ``atoms``, have body order ``order`` and start at ``start``.
+
+    Args:
+        walks: (n_walks, T + 1) int.
+        atoms: atom index or indices every selected walk must visit (None: any).
+        order: number of distinct atoms (None: any).
+        start: required i_0 (None: any).
+
+    Returns:
+        The selected rows, (n_selected, T + 1).
+    Raises:
+        ValueError: the selection is empty (it names the criteria).
+    """
+    walks = np.asarray(walks)
+    keep = np.ones(len(walks), bool)
+    for a in np.atleast_1d(atoms) if atoms is not None else []:
+        keep &= (walks == a).any(axis=1)
+    if order is not None:
+        keep &= body_order(walks) == order
+    if start is not None:
+        keep &= walks[:, 0] == start
+    if not keep.any():
+        raise ValueError(f"no walk visits atoms {atoms} with body order {order} and start {start}; "
+                         "check the atom indices (0-based) and that they are within reach")
+    return walks[keep]
+
+
 def walk_relevance(potential, params, graph: Graph, walks: np.ndarray,
                    rules: RuleSet | str = "gi", chunk_size: int | None = 256) -> np.ndarray:
     """Relevance R_W (eV) of each given walk, one masked backward per distinct suffix.

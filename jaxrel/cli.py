@@ -17,7 +17,7 @@ DEFAULT_RUN_DIR = "runs/quickstart"
 
 
 def _train(args) -> dict:
-    from jaxrel.data import fit_species_energies, read_frames, split_frames
+    from jaxrel.data import Dataset, fit_species_energies, read_frames, split_frames
     from jaxrel.models import ModelConfig, Potential
     from jaxrel.train import TrainConfig, evaluate, labelled_graphs, save_checkpoint, train
 
@@ -36,9 +36,10 @@ def _train(args) -> dict:
         raise ValueError(f"{args.data} has {n} frames: too few for non-empty train ({len(split.train)}), "
                          f"validation ({len(split.validation)}) and test ({len(test_frames)}) sets; "
                          "give more frames, --test-data, or smaller --train/--validation")
-    train_frames, val_frames = frames.select(split.train), frames.select(split.validation)
-    species_energies = (fit_species_energies(train_frames) if train_frames.energies is not None
-                        else {})
+    dataset = Dataset(frames, split, fit_species_energies(frames, split.train)
+                      if frames.energies is not None else {})
+    train_frames, val_frames = dataset.subset("train"), dataset.subset("validation")
+    species_energies = dataset.species_energies
     if train_frames.forces is not None:
         scale = float(np.sqrt(np.mean(train_frames.forces ** 2)))
     else:

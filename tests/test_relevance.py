@@ -284,6 +284,19 @@ def test_chunk_size_changes_no_result(case):
     np.testing.assert_allclose(a.residual, b.residual, atol=1e-14)
 
 
+def test_eager_execution_equals_the_jitted_engine(case):
+    pot, params, g = case.pot, case.params, case.graph
+    few = case.walks[::11]
+    jitted = nbody_decomposition(pot, params, g, max_order=2)
+    with jax.disable_jit():
+        eager_walks = walk_relevance(pot, params, g, few, chunk_size=4)
+        eager = nbody_decomposition(pot, params, g, max_order=2, chunk_size=4)
+    np.testing.assert_allclose(eager_walks, walk_relevance(pot, params, g, few), rtol=1e-10, atol=case.atol)
+    for order in jitted.orders:
+        np.testing.assert_allclose(eager.orders[order].relevance, jitted.orders[order].relevance,
+                                   rtol=1e-10, atol=case.atol)
+
+
 # 7. top-K walks
 
 @pytest.mark.parametrize("k", [1, 5, 20])

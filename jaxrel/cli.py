@@ -101,9 +101,8 @@ def _frame_range(spec: str | None, n_frames: int) -> list[int]:
 def _explain(args) -> dict:
     from jaxrel.data import read_frames
     from jaxrel.graph import build_graphs
-    from jaxrel.relevance import RuleSet, nbody_decomposition, save_nbody
+    from jaxrel.relevance import RuleSet, nbody_decomposition_frames, save_nbody
     from jaxrel.train import load_checkpoint
-    from tqdm.auto import tqdm
 
     potential, params, _ = load_checkpoint(args.model)
     frames = read_frames(args.data)
@@ -117,10 +116,10 @@ def _explain(args) -> dict:
     rules = RuleSet(args.rule, epsilon=args.epsilon, gamma=args.gamma)
     shifts = dict(zip(potential.config.species, np.asarray(params["shifts"][...], np.float64)))
     shift_total = float(sum(shifts[int(z)] for z in selected.species))
-    results, summary = [], []
-    for k, f in enumerate(tqdm(index, desc="explain", unit="frame", disable=args.quiet)):
-        nb = nbody_decomposition(potential, params, graph.frame(k), args.order, rules)
-        results.append(nb)
+    results = nbody_decomposition_frames(potential, params, graph, args.order, rules,
+                                         progress=not args.quiet)
+    summary = []
+    for f, nb in zip(index, results):
         summary.append({
             "frame": f, "energy_eV": nb.energy, "sum_relevance_eV": nb.total,
             "species_shift_eV": shift_total,

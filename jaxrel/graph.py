@@ -23,7 +23,7 @@ Edges are directed: every pair within the cutoff appears twice, (i ← j) and (j
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -266,11 +266,6 @@ def _frame_pairs(pos: np.ndarray, cutoff: float, cell: np.ndarray | None):
     idx = np.asarray(nf.allocate(jnp.asarray(pos)).idx)
     keep = idx[0] < pos.shape[0]
     return idx[1][keep], idx[0][keep]
-
-
-def stack_graphs(graphs: Sequence[Graph]) -> Graph:
-    """Stack single-frame graphs of one size class into a batched graph (frame axis 0)."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *graphs)
 
 
 def pad_graph(graph: Graph, n_atoms: int, n_edges: int) -> Graph:

@@ -13,7 +13,6 @@ which reload bit-identically.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -312,11 +311,6 @@ def load_checkpoint(directory: str | Path) -> tuple[Potential, nnx.State, dict]:
         raise ValueError(f"checkpoint {directory}/params.msgpack is corrupt ({type(err).__name__}: "
                          f"{err}); retrain or restore the file") from None
     return potential, template, config.get("metadata", {})
-
-
-def config_dict(config) -> dict:
-    """A dataclass config as a JSON-ready dict (for metrics and saved run settings)."""
-    return dataclasses.asdict(config)
 
 
 def labelled_graphs(frames, cutoff: float, dtype: str = "float32",

@@ -5,7 +5,6 @@ admissible bound ‖c‖·M_t(i_t) is below the k-th best |R| (Xiong et al., ICM
 Compared here with :func:`walk_relevance` over :func:`enumerate_walks`, float64.
 """
 
-import itertools
 
 import numpy as np
 import pytest

@@ -20,7 +20,7 @@ from flax import nnx
 
 from jaxrel.graph import Graph, edge_lengths
 from jaxrel.models.layers import MLP, cosine_cutoff, sinc_rbf
-from jaxrel.relevance.rules import RuleSet, apply_mask
+from jaxrel.relevance.rules import RuleSet
 
 
 class Message(nnx.Module):

@@ -13,7 +13,7 @@ from flax import nnx
 
 from jaxrel.graph import Graph, edge_lengths
 from jaxrel.models.layers import (MLP, cosine_cutoff, gaussian_rbf, shifted_softplus)
-from jaxrel.relevance.rules import RuleSet, apply_mask
+from jaxrel.relevance.rules import RuleSet
 
 
 class Interaction(nnx.Module):

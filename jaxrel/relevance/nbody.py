@@ -213,12 +213,12 @@ def nbody_decomposition(potential, params, graph: Graph, max_order: int = 3,
                         for sub in itertools.combinations(row, m))
             exact[row] = value - inner
         offset += len(s)
-    positions, species = np.asarray(graph.positions, np.float64), np.asarray(graph.species)
+    species = np.asarray(graph.species)
     vectors = _pair_vectors(graph)
     orders = {}
     for n, s in sets.items():
         values = np.array([exact[tuple(r)] for r in s.tolist()], np.float64)
-        orders[n] = _table(s, values, species, positions, vectors)
+        orders[n] = _table(s, values, species, vectors)
     order_totals = {n: float(t.relevance.sum()) for n, t in orders.items()}
     return NBody(orders=orders, energy=float(energy), total=total,
                  residual=total - sum(order_totals.values()), bias_relevance=float(energy) - total,
@@ -251,7 +251,7 @@ def _pair_vectors(graph: Graph):
     return vector
 
 
-def _table(sets, values, species, positions, vector) -> Table:
+def _table(sets, values, species, vector) -> Table:
     n = sets.shape[1]
     pairs = list(itertools.combinations(range(n), 2))
     distances = np.stack([np.linalg.norm(vector(sets[:, a], sets[:, b]), axis=-1) for a, b in pairs],

@@ -164,7 +164,6 @@ def top_k_walks(potential, params, graph: Graph, k: int, rules: RuleSet | str = 
     cap = max(1, min(int(suffixes_per_block), _MAX_BATCH))
     pred_idx, preds, colour = _topology(graph)
     states, top = _forward(potential, params, graph, rules)
-    h0 = np.asarray(states[0], np.float64)
     dtype = np.dtype(jax.tree.leaves(top)[0].dtype)
     margin = 1.0 + 1e4 * float(np.finfo(dtype).eps)
     real = np.flatnonzero(np.asarray(graph.node_mask))

@@ -1,0 +1,75 @@
+"""An ASE calculator for any jaxrel potential (energy, forces, stress where periodic).
+
+Stress is the strain derivative σ = (1/V) ∂E/∂ε of the energy under a homogeneous
+deformation of positions and cell, x → (I + ε) x, at fixed neighbour list (Nielsen &
+Martin, Phys. Rev. B 32, 3780, 1985), in eV/Å³ as ASE expects (Voigt order xx, yy, zz,
+yz, xz, xy).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+from jaxrel.graph import build_graphs
+from jaxrel.models import Potential
+
+
+class JaxrelCalculator(Calculator):
+    """ASE calculator wrapping a :class:`~jaxrel.models.Potential` and its params.
+
+    Args:
+        potential, params: the model (e.g. from :func:`jaxrel.train.load_checkpoint`).
+
+    Raises (at calculation):
+        ValueError: partly periodic cells, unknown species, non-finite positions or atoms
+            closer than 0.1 Å, or a cell narrower than twice the cutoff.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(self, potential: Potential, params, **kwargs):
+        super().__init__(**kwargs)
+        self.potential, self.params = potential, params
+        self._energy_and_forces = jax.jit(potential.energy_and_forces)
+        self._atomwise = jax.jit(potential.atomwise_energy)
+        self._strain_derivative = jax.jit(jax.grad(self._strained_energy, argnums=1))
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, **kwargs) -> "JaxrelCalculator":
+        """A calculator for a model folder written by ``jaxrel train`` (OUT/model)."""
+        from jaxrel.train import load_checkpoint
+
+        potential, params, _ = load_checkpoint(directory)
+        return cls(potential, params, **kwargs)
+
+    def _strained_energy(self, graph, strain):
+        deformation = jnp.eye(3, dtype=strain.dtype) + strain
+        return self.potential.energy(self.params, graph._replace(
+            positions=graph.positions @ deformation.T, cell=graph.cell @ deformation.T))
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        pbc = np.asarray(self.atoms.pbc)
+        if pbc.any() and not pbc.all():
+            raise ValueError(f"atoms have pbc={pbc.tolist()}; jaxrel handles free space or fully "
+                             "periodic cells only")
+        cell = np.asarray(self.atoms.cell.array) if pbc.all() else None
+        dtype = jnp.dtype(self.potential.config.dtype)
+        graph = build_graphs(self.atoms.positions, self.atoms.numbers, self.potential.config.cutoff,
+                             cell=cell).frame(0)
+        graph = graph._replace(positions=graph.positions.astype(dtype),
+                               cell=None if cell is None else graph.cell.astype(dtype))
+        self.potential.check_graph(graph)
+        energy, forces = self._energy_and_forces(self.params, graph)
+        self.results["energy"] = self.results["free_energy"] = float(energy)
+        self.results["forces"] = np.asarray(forces, np.float64)
+        self.results["energies"] = np.asarray(self._atomwise(self.params, graph), np.float64)
+        if cell is not None:
+            derivative = np.asarray(self._strain_derivative(graph, jnp.zeros((3, 3), dtype)), np.float64)
+            sigma = 0.5 * (derivative + derivative.T) / abs(np.linalg.det(cell))
+            self.results["stress"] = sigma[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]

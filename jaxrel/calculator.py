@@ -61,9 +61,7 @@ class JaxrelCalculator(Calculator):
         cell = np.asarray(self.atoms.cell.array) if pbc.all() else None
         dtype = jnp.dtype(self.potential.config.dtype)
         graph = build_graphs(self.atoms.positions, self.atoms.numbers, self.potential.config.cutoff,
-                             cell=cell).frame(0)
-        graph = graph._replace(positions=graph.positions.astype(dtype),
-                               cell=None if cell is None else graph.cell.astype(dtype))
+                             cell=cell).frame(0).astype(dtype)
         self.potential.check_graph(graph)
         energy, forces = self._energy_and_forces(self.params, graph)
         self.results["energy"] = self.results["free_energy"] = float(energy)

@@ -109,9 +109,7 @@ def _explain(args) -> dict:
     index = _frame_range(args.frames, len(frames))
     selected = frames.select(np.array(index))
     graph = build_graphs(selected.positions, selected.species, potential.config.cutoff,
-                         cell=selected.cell)
-    graph = graph._replace(positions=graph.positions.astype(potential.config.dtype),
-                           cell=None if graph.cell is None else graph.cell.astype(potential.config.dtype))
+                         cell=selected.cell).astype(potential.config.dtype)
     potential.check_graph(graph)
     rules = RuleSet(args.rule, epsilon=args.epsilon, gamma=args.gamma)
     shifts = dict(zip(potential.config.species, np.asarray(params["shifts"][...], np.float64)))

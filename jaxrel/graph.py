@@ -55,6 +55,11 @@ class Graph(NamedTuple):
         """True when every array carries a leading frame axis."""
         return self.positions.ndim == 3
 
+    def astype(self, dtype) -> "Graph":
+        """The graph with positions and cell in float ``dtype`` (e.g. the model's)."""
+        return self._replace(positions=self.positions.astype(dtype),
+                             cell=None if self.cell is None else self.cell.astype(dtype))
+
     def frame(self, k: int) -> "Graph":
         """Frame ``k`` of a batched graph."""
         return jax.tree.map(lambda x: x[k], self)

@@ -328,7 +328,7 @@ def labelled_graphs(frames, cutoff: float, dtype: str = "float32",
     """
     if frames.energies is None and frames.forces is None:
         raise ValueError(f"{frames.source} has neither energies nor forces to train or evaluate on")
-    graph = build_graphs(frames.positions, frames.species, cutoff, cell=frames.cell, n_edges=n_edges)
+    graph = build_graphs(frames.positions, frames.species, cutoff, cell=frames.cell,
+                         n_edges=n_edges).astype(dtype)
     cast = lambda x: None if x is None else jnp.asarray(x, dtype)  # noqa: E731
-    graph = graph._replace(positions=cast(graph.positions), cell=cast(graph.cell))
     return graph, Targets(cast(frames.energies), cast(frames.forces))

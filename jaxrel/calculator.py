@@ -60,9 +60,9 @@ class JaxrelCalculator(Calculator):
                              "periodic cells only")
         cell = np.asarray(self.atoms.cell.array) if pbc.all() else None
         dtype = jnp.dtype(self.potential.config.dtype)
+        self.potential.check_species(self.atoms.numbers)
         graph = build_graphs(self.atoms.positions, self.atoms.numbers, self.potential.config.cutoff,
                              cell=cell).frame(0).astype(dtype)
-        self.potential.check_graph(graph)
         energy, forces = self._energy_and_forces(self.params, graph)
         self.results["energy"] = self.results["free_energy"] = float(energy)
         self.results["forces"] = np.asarray(forces, np.float64)

@@ -78,8 +78,8 @@ def _evaluate(args) -> dict:
 
     potential, params, _ = load_checkpoint(args.model)
     frames = read_frames(args.data)
+    potential.check_species(frames.species)
     graph, targets = labelled_graphs(frames, potential.config.cutoff, potential.config.dtype)
-    potential.check_graph(graph)
     return {"test": evaluate(potential, params, graph, targets)}
 
 
@@ -108,9 +108,9 @@ def _explain(args) -> dict:
     frames = read_frames(args.data)
     index = _frame_range(args.frames, len(frames))
     selected = frames.select(np.array(index))
+    potential.check_species(selected.species)
     graph = build_graphs(selected.positions, selected.species, potential.config.cutoff,
                          cell=selected.cell).astype(potential.config.dtype)
-    potential.check_graph(graph)
     rules = RuleSet(args.rule, epsilon=args.epsilon, gamma=args.gamma)
     shifts = dict(zip(potential.config.species, np.asarray(params["shifts"][...], np.float64)))
     shift_total = float(sum(shifts[int(z)] for z in selected.species))

@@ -245,10 +245,10 @@ def _pairs(pos: np.ndarray, cutoff: float, cells: np.ndarray | None):
     frame that overflowed (outside the transformation) and redo the batch.
     """
     n_frames, n_real, _ = pos.shape
-    same_cell = cells is None or np.allclose(cells, cells[0])
+    if cells is not None and not np.allclose(cells, cells[0]):  # one neighbour function per cell
+        per_frame = [_pairs(pos[f:f + 1], cutoff, cells[f:f + 1]) for f in range(n_frames)]
+        return [p[0][0] for p in per_frame], [p[1][0] for p in per_frame]
     extent = float(np.ptp(pos, axis=(0, 1)).max() + 2 * cutoff) if n_real else 1.0
-    if not same_cell:
-        return tuple(map(list, zip(*[_frame_pairs(pos[f], cutoff, cells[f]) for f in range(n_frames)])))
     nf = _neighbor_fn(cutoff, None if cells is None else cells[0], extent)
     nbr = nf.allocate(jnp.asarray(pos[0]))
     while True:
@@ -264,13 +264,6 @@ def _pairs(pos: np.ndarray, cutoff: float, cells: np.ndarray | None):
         senders.append(idx[f, 1][keep])
         receivers.append(idx[f, 0][keep])
     return senders, receivers
-
-
-def _frame_pairs(pos: np.ndarray, cutoff: float, cell: np.ndarray | None):
-    nf = _neighbor_fn(cutoff, cell, float(np.ptp(pos).max() + 2 * cutoff))
-    idx = np.asarray(nf.allocate(jnp.asarray(pos)).idx)
-    keep = idx[0] < pos.shape[0]
-    return idx[1][keep], idx[0][keep]
 
 
 def pad_graph(graph: Graph, n_atoms: int, n_edges: int) -> Graph:

@@ -239,3 +239,16 @@ def test_neighbour_list_reallocates_when_later_frames_have_more_neighbours():
 def test_cell_narrower_than_twice_the_cutoff_is_rejected():
     with pytest.raises(ValueError, match="less than twice the 3.0 Å cutoff"):
         build_graphs(molecule()[0], SPECIES, CUTOFF, cell=np.eye(3) * 5.0)
+
+
+def test_frames_with_different_cells_get_the_same_edges_as_single_frame_builds():
+    rng = np.random.default_rng(0)
+    pos = rng.uniform(0, 6.0, size=(3, 10, 3))
+    cells = np.stack([np.eye(3) * 6.0, np.eye(3) * 6.2, np.eye(3) * 6.4])
+    batch = build_graphs(pos, np.full(10, 18), 2.5, cell=cells, min_distance=None)
+    for f in range(3):
+        single = build_graphs(pos[f], np.full(10, 18), 2.5, cell=cells[f], min_distance=None)
+        k = int(single.edge_mask.sum())
+        assert int(batch.edge_mask[f].sum()) == k > 0
+        assert set(zip(batch.senders[f, :k].tolist(), batch.receivers[f, :k].tolist())) == \
+            set(zip(single.senders[0, :k].tolist(), single.receivers[0, :k].tolist()))

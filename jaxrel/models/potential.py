@@ -207,11 +207,24 @@ class Potential:
             lambda p: self.energy(params, graph._replace(positions=p)))(graph.positions)
         return e, -grad
 
-    def check_graph(self, graph: Graph) -> None:
-        """Host-side input checks; raise ``ValueError`` with the fix in one sentence.
+    def check_species(self, species) -> None:
+        """Raise ``ValueError`` naming the first atom whose species the model does not know.
 
-        Checks: non-finite positions (real atoms), atoms closer than 0.1 Å, species the
-        model was not trained on, and edges beyond the cutoff capacity being masked.
+        Args:
+            species: (n_atoms,) atomic numbers of real atoms.
+        """
+        known = set(self.config.species)
+        for a, z in enumerate(np.asarray(species).tolist()):
+            if z not in known:
+                raise ValueError(f"atom {a} has species {z}, which the model was not trained on "
+                                 f"(known: {', '.join(map(str, self.config.species))})")
+
+    def check_graph(self, graph: Graph) -> None:
+        """Host-side checks of a graph built elsewhere; ``ValueError`` with the fix in one sentence.
+
+        Checks every frame's real atoms for species the model was not trained on
+        (:meth:`check_species`), non-finite positions and atoms closer than 0.1 Å
+        (:func:`jaxrel.graph.check_positions`; graphs from ``build_graphs`` passed it already).
         """
         pos = np.asarray(graph.positions)
         species = np.asarray(graph.species)
@@ -219,12 +232,7 @@ class Potential:
         if pos.ndim == 2:
             pos, species, mask = pos[None], species[None], mask[None]
         cells = None if graph.cell is None else np.broadcast_to(np.asarray(graph.cell), (len(pos), 3, 3))
-        known = set(self.config.species)
         for f in range(len(pos)):
             real = mask[f]
-            unknown = [(int(a), int(z)) for a, z in zip(np.flatnonzero(real), species[f][real]) if z not in known]
-            if unknown:
-                a, z = unknown[0]
-                raise ValueError(f"atom {a} has species {z}, which the model was not trained on "
-                                 f"(known: {', '.join(map(str, self.config.species))})")
+            self.check_species(species[f][real])
             check_positions(pos[f][real], min_distance=0.1, cell=None if cells is None else cells[f])

@@ -128,7 +128,11 @@ def _explain(args) -> dict:
             "seconds": nb.seconds})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_nbody(results, out / "nbody.npz", index)
+    geometry = {"positions": np.asarray(selected.positions), "species": np.asarray(selected.species),
+                "frame_index": np.asarray(index)}
+    if selected.cell is not None:
+        geometry["cell"] = np.broadcast_to(np.asarray(selected.cell), (len(index), 3, 3))
+    save_nbody(results, out / "nbody.npz", index, extra=geometry)
     report = {"model": str(args.model), "data": str(args.data), "rule": args.rule,
               "epsilon": args.epsilon, "gamma": args.gamma, "max_order": args.order,
               "units": {"energy": "eV", "distance": "Å", "angle": "degree"},

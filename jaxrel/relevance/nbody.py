@@ -268,15 +268,17 @@ def _table(sets, values, species, vector) -> Table:
                  distances=distances, angles=angles)
 
 
-def save_nbody(results: list[NBody], path, frames: list[int] | None = None) -> None:
+def save_nbody(results: list[NBody], path, frames: list[int] | None = None,
+               extra: dict[str, np.ndarray] | None = None) -> None:
     """Write n-body tables of many frames to one ``.npz``, one table per body order.
 
     Keys for each order n: ``order{n}_frame`` (m,) frame index, ``order{n}_atoms`` (m, n),
     ``order{n}_species`` (m, n), ``order{n}_relevance`` (m,) eV, ``order{n}_distances``
     (m, n(n−1)/2) Å, and for n = 3 ``order3_angles`` (m, 3) degrees (angle at each atom).
+    ``extra`` arrays (e.g. the frames' positions) are stored under their own keys.
     """
     frames = list(range(len(results))) if frames is None else frames
-    out = {}
+    out = dict(extra or {})
     for n in sorted({n for r in results for n in r.orders}):
         tables = [(f, r.orders[n]) for f, r in zip(frames, results) if n in r.orders]
         out[f"order{n}_frame"] = np.concatenate([np.full(len(t.atoms), f, np.int32) for f, t in tables])

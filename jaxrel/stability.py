@@ -1,0 +1,458 @@
+"""MD stability and structure metrics of Fu et al., "Forces are not Enough: Benchmark and
+Critical Evaluation for Machine Learning Force Fields with Molecular Simulations",
+TMLR 2023 (arXiv:2210.07237), computed with numpy over stored trajectories.
+
+* Bond instability (their MD17 criterion): a simulation is unstable from the first frame in
+  which any covalent bond of the reference structure deviates by more than Δ = 0.5 Å
+  from its mean reference length.
+* h(r) (molecules): the distribution of all interatomic distances, a probability density
+  in 1/Å; its error is ∫ |h_sim(r) − h_ref(r)| dr (dimensionless, between 0 and 2).
+* g_ab(r) (periodic liquids, e.g. water O–O, H–H, H–O): the partial radial distribution
+  function under the minimum-image convention; its error is ∫ |g_sim(r) − g_ref(r)| dr in Å.
+* Energy drift (NVE): slope of a least-squares line through the conserved energy, in
+  meV/atom/ps.
+
+Both integrals are Riemann sums over the histogram bins, Σ_k |Δ_k| Δr, which equals Fu et
+al.'s "mean absolute difference × r_max" (their ``mae(x, y, xlim)``). Positions are in Å,
+times in ps, energies in eV, cells (3, 3) in Å with the cell vectors as rows; all arrays
+are converted to float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from ase.data import chemical_symbols, covalent_radii
+
+from jaxrel.graph import cell_heights
+
+ENSEMBLES = ("nve", "nvt-nh", "nvt-langevin")
+# Distances computed per chunk of frames in the histogram helper (bounds memory to ~100 MB).
+_DISTANCES_PER_CHUNK = 4_000_000
+
+
+def _trajectory_array(positions, name: str = "positions") -> np.ndarray:
+    """``positions`` as float64 (n_frames, n_atoms, 3), or ValueError naming ``name``."""
+    positions = np.asarray(positions, dtype=np.float64)
+    if positions.ndim != 3 or positions.shape[-1] != 3:
+        raise ValueError(f"{name} has shape {positions.shape}; expected (n_frames, n_atoms, 3)")
+    if positions.shape[0] == 0 or positions.shape[1] == 0:
+        raise ValueError(f"{name} has shape {positions.shape}; it needs at least one frame "
+                         "and one atom")
+    return positions
+
+
+def _species_array(species, n_atoms: int) -> np.ndarray:
+    """Atomic numbers as int (n_atoms,), or ValueError when the count or a number is wrong."""
+    species = np.asarray(species)
+    if species.shape != (n_atoms,):
+        raise ValueError(f"species has shape {species.shape} but the positions hold "
+                         f"{n_atoms} atoms; pass one atomic number per atom")
+    species = species.astype(np.int64)
+    bad = np.flatnonzero((species < 1) | (species >= len(covalent_radii)))
+    if bad.size:
+        raise ValueError(f"atom {bad[0]} has species {species[bad[0]]}, which is not an "
+                         "atomic number (1-118)")
+    return species
+
+
+def bonds_from_reference(positions, species, scale: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
+    """Covalent bonds of a molecule in free space and their reference lengths.
+
+    Atoms i < j are bonded when r_ij < scale · (r_cov,i + r_cov,j) in the first frame, with
+    the covalent radii of Cordero et al. 2008 (``ase.data.covalent_radii``). Fu et al. 2023
+    (arXiv:2210.07237) take bonds from ASE's ``natural_cutoffs`` neighbour list (r_ij <
+    r_cov,i + r_cov,j + 0.3 Å skin) and compare with the bond length averaged over the
+    reference trajectory; passing several frames does the same here.
+
+    Args:
+        positions: (n_atoms, 3) or (n_frames, n_atoms, 3) float, Å.
+        species: (n_atoms,) int atomic numbers.
+        scale: multiplier of the summed covalent radii (dimensionless, > 0).
+
+    Returns:
+        ``(pairs (n_bonds, 2) int64 with i < j, lengths (n_bonds,) float64 Å)``: lengths are
+        the mean over the given frames. ``n_bonds`` may be 0 (e.g. a noble gas).
+
+    Raises:
+        ValueError: positions not of shape (n_atoms, 3) or (n_frames, n_atoms, 3), species
+            count not n_atoms or not atomic numbers, or scale not positive.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    frames = _trajectory_array(positions[None] if positions.ndim == 2 else positions)
+    species = _species_array(species, frames.shape[1])
+    if not scale > 0:
+        raise ValueError(f"scale is {scale}; it must be a positive multiplier of the covalent radii")
+    i, j = np.triu_indices(frames.shape[1], k=1)
+    first = np.linalg.norm(frames[0, j] - frames[0, i], axis=-1)
+    bonded = first < scale * (covalent_radii[species[i]] + covalent_radii[species[j]])
+    pairs = np.stack([i[bonded], j[bonded]], axis=1).astype(np.int64)
+    return pairs, _bond_lengths(frames, pairs).mean(axis=0)
+
+
+def _bond_lengths(frames: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """(n_frames, n_bonds) free-space distances of the atom pairs, Å."""
+    return np.linalg.norm(frames[:, pairs[:, 1]] - frames[:, pairs[:, 0]], axis=-1)
+
+
+def _time_array(time_ps, n_frames: int) -> np.ndarray:
+    time_ps = np.asarray(time_ps, dtype=np.float64)
+    if time_ps.shape != (n_frames,):
+        raise ValueError(f"time_ps has shape {time_ps.shape} but the trajectory has "
+                         f"{n_frames} frames; pass one time (ps) per frame")
+    return time_ps
+
+
+def time_to_bond_instability(positions, time_ps, pairs, reference_lengths,
+                             threshold: float = 0.5) -> float | None:
+    """First time at which any bond deviates from its reference length by more than ``threshold``.
+
+    Fu et al. 2023 (arXiv:2210.07237), MD17 stability: unstable at the first frame with
+    max_(i,j)∈bonds |r_ij − b_ij| > Δ, Δ = 0.5 Å. A bond length that is not finite (NaN or
+    inf positions) also counts as a deviation.
+
+    Args:
+        positions: (n_frames, n_atoms, 3) float, Å, one replica.
+        time_ps: (n_frames,) float, ps, the time of each frame.
+        pairs: (n_bonds, 2) int atom indices, e.g. from :func:`bonds_from_reference`.
+        reference_lengths: (n_bonds,) float, Å.
+        threshold: Δ in Å.
+
+    Returns:
+        ``time_ps`` of the first deviating frame as a float, or None when no bond deviates
+        (also when there are no bonds).
+
+    Raises:
+        ValueError: shapes that do not match, or atom indices outside the trajectory.
+    """
+    frames = _trajectory_array(positions)
+    time_ps = _time_array(time_ps, frames.shape[0])
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    reference_lengths = np.asarray(reference_lengths, dtype=np.float64)
+    if reference_lengths.shape != (pairs.shape[0],):
+        raise ValueError(f"reference_lengths has shape {reference_lengths.shape} for "
+                         f"{pairs.shape[0]} bonds; pass one length (Å) per bond")
+    if pairs.size and (pairs.min() < 0 or pairs.max() >= frames.shape[1]):
+        raise ValueError(f"pairs index atoms {pairs.min()}..{pairs.max()} but the trajectory "
+                         f"has {frames.shape[1]} atoms")
+    deviation = np.abs(_bond_lengths(frames, pairs) - reference_lengths)
+    broken = np.flatnonzero(~(deviation <= threshold).all(axis=1))
+    return float(time_ps[broken[0]]) if broken.size else None
+
+
+def _check_bins(r_max: float, n_bins: int) -> np.ndarray:
+    if not (r_max > 0 and n_bins >= 1):
+        raise ValueError(f"r_max={r_max} Å and n_bins={n_bins}; both must be positive")
+    return np.linspace(0.0, r_max, n_bins + 1)
+
+
+def _distance_histogram(frames: np.ndarray, i: np.ndarray, j: np.ndarray, edges: np.ndarray,
+                        cell: np.ndarray | None = None) -> np.ndarray:
+    """Histogram (len(edges) - 1,) of |x_j − x_i| over all frames and the index pairs (i, j).
+
+    With a cell (rows are cell vectors) displacements take the minimum image by rounding
+    fractional coordinates, which is exact for every distance below half the smallest cell
+    height (callers guarantee r_max ≤ that).
+    """
+    counts = np.zeros(len(edges) - 1, dtype=np.int64)
+    chunk = max(1, _DISTANCES_PER_CHUNK // max(len(i), 1))
+    for start in range(0, frames.shape[0], chunk):
+        d = frames[start:start + chunk, j] - frames[start:start + chunk, i]
+        if cell is not None:
+            fractional = d @ np.linalg.inv(cell)
+            d = (fractional - np.round(fractional)) @ cell
+        counts += np.histogram(np.linalg.norm(d, axis=-1), edges)[0]
+    return counts
+
+
+def distance_distribution(positions, r_max: float = 10.0, n_bins: int = 500) -> np.ndarray:
+    """h(r): the distribution of interatomic distances of a molecule (Fu et al. 2023).
+
+    h(r) = ⟨Σ_{i<j} δ(r − r_ij)⟩ normalised to a probability density over [0, r_max) Å
+    (Fu et al., arXiv:2210.07237, MD17 observable), histogrammed on the bin edges
+    ``np.linspace(0, r_max, n_bins + 1)``; distances of r_max or more are left out of the
+    normalisation, as in their reference code. Free space (no periodic images).
+
+    Args:
+        positions: (n_frames, n_atoms, 3) float, Å.
+        r_max: upper end of the histogram, Å.
+        n_bins: number of bins.
+
+    Returns:
+        (n_bins,) float64 h(r) in 1/Å, with Σ h Δr = 1.
+
+    Raises:
+        ValueError: bad shape, fewer than two atoms, r_max or n_bins not positive, or no
+            interatomic distance below r_max.
+    """
+    frames = _trajectory_array(positions)
+    if frames.shape[1] < 2:
+        raise ValueError("positions hold one atom; h(r) needs at least two")
+    edges = _check_bins(r_max, n_bins)
+    counts = _distance_histogram(frames, *np.triu_indices(frames.shape[1], k=1), edges)
+    if counts.sum() == 0:
+        raise ValueError(f"no interatomic distance is below r_max={r_max} Å; raise r_max")
+    return counts / (counts.sum() * np.diff(edges))
+
+
+def hr_mae(simulated, reference, r_max: float = 10.0, n_bins: int = 500) -> float:
+    """h(r) error ∫_0^r_max |h_sim(r) − h_ref(r)| dr (Fu et al. 2023, arXiv:2210.07237).
+
+    Fu et al. write it as the mean absolute difference of the binned densities times r_max,
+    which is the same Riemann sum. Dimensionless: 0 for identical distributions, 2 for
+    distributions with no distance in common.
+
+    Args:
+        simulated, reference: (n_frames, n_atoms, 3) float, Å (frame counts may differ).
+        r_max, n_bins: histogram range (Å) and bins, as in :func:`distance_distribution`.
+
+    Raises:
+        ValueError: as :func:`distance_distribution`.
+    """
+    difference = distance_distribution(simulated, r_max, n_bins) - distance_distribution(
+        reference, r_max, n_bins)
+    return float(np.abs(difference).sum() * r_max / n_bins)
+
+
+def _cell_array(cell, r_max: float) -> np.ndarray:
+    cell = np.asarray(cell, dtype=np.float64)
+    if cell.shape != (3, 3) or not np.isfinite(cell).all() or abs(np.linalg.det(cell)) < 1e-9:
+        raise ValueError(f"cell must be a finite, non-degenerate (3, 3) array of cell vectors "
+                         f"(rows, Å); got shape {cell.shape}")
+    half = cell_heights(cell).min() / 2
+    if r_max > half:
+        raise ValueError(f"r_max={r_max} Å exceeds half the smallest cell height ({half:.3f} Å), "
+                         "where the minimum image is no longer unique; lower r_max")
+    return cell
+
+
+def rdf(positions, cell, species, pair: tuple[int, int], r_max: float = 6.0,
+        n_bins: int = 500) -> np.ndarray:
+    """Partial radial distribution function g_ab(r) of a periodic system.
+
+    g_ab(r) = V / (N_pairs · n_frames) · counts(r) / (4π/3 (r_+³ − r_-³)), where counts are
+    the minimum-image distances between a-atoms and b-atoms in a bin [r_-, r_+) and
+    N_pairs = N_a N_b (a ≠ b) or N_a (N_a − 1) / 2 (a = b, each pair once). An ideal gas
+    gives g = 1. Fu et al. 2023 (arXiv:2210.07237, water) use this estimator except that
+    for a = b they normalise by N_a² ordered pairs, a factor (N_a − 1)/N_a lower.
+    Bin edges: ``np.linspace(0, r_max, n_bins + 1)``; defaults are their water settings.
+
+    Args:
+        positions: (n_frames, n_atoms, 3) float, Å (wrapped or unwrapped).
+        cell: (3, 3) float, Å, rows are the cell vectors; the box is fully periodic.
+        species: (n_atoms,) int atomic numbers.
+        pair: atomic numbers (Z_a, Z_b), e.g. (8, 1) for O–H.
+        r_max: Å, at most half the smallest cell height.
+        n_bins: number of bins.
+
+    Returns:
+        (n_bins,) float64 g_ab(r), dimensionless.
+
+    Raises:
+        ValueError: bad shapes, a degenerate cell, r_max above half the smallest cell
+            height, or a pair species that is absent (or has one atom for a = b).
+    """
+    frames = _trajectory_array(positions)
+    species = _species_array(species, frames.shape[1])
+    edges = _check_bins(r_max, n_bins)
+    cell = _cell_array(cell, r_max)
+    a, b = (np.flatnonzero(species == z) for z in pair)
+    if pair[0] == pair[1]:
+        if len(a) < 2:
+            raise ValueError(f"species {pair[0]} has {len(a)} atoms; g(r) of a pair of like "
+                             "atoms needs at least two")
+        u, v = np.triu_indices(len(a), k=1)
+        i, j = a[u], a[v]
+    else:
+        if len(a) == 0 or len(b) == 0:
+            raise ValueError(f"pair {pair} names a species absent from the positions "
+                             f"(present: {sorted(set(species.tolist()))})")
+        i, j = np.repeat(a, len(b)), np.tile(b, len(a))
+    counts = _distance_histogram(frames, i, j, edges, cell)
+    shells = 4.0 * math.pi / 3.0 * np.diff(edges ** 3)
+    density = len(i) / abs(np.linalg.det(cell))
+    return counts / (frames.shape[0] * density * shells)
+
+
+def rdf_error(simulated, reference, cell, species, pairs=None, r_max: float = 6.0,
+              n_bins: int = 500) -> dict[str, float]:
+    """RDF errors ∫_0^r_max |g_sim(r) − g_ref(r)| dr per species pair, Å (Fu et al. 2023).
+
+    Fu et al. (arXiv:2210.07237) report this for water's O–O, H–H and H–O RDFs, computed
+    as the mean absolute difference of the binned g(r) times r_max (the same Riemann sum).
+
+    Args:
+        simulated, reference: (n_frames, n_atoms, 3) float, Å, same atoms and cell (frame
+            counts may differ).
+        cell: (3, 3) float, Å, rows are the cell vectors.
+        species: (n_atoms,) int atomic numbers.
+        pairs: sequence of (Z_a, Z_b); default every unordered pair of species present.
+        r_max, n_bins: as in :func:`rdf`.
+
+    Returns:
+        ``{"O-O": ..., "H-O": ...}``: one float (Å) per pair, labelled by element symbols
+        in ascending atomic number.
+
+    Raises:
+        ValueError: as :func:`rdf`.
+    """
+    present = sorted(set(np.asarray(species).astype(int).tolist()))
+    if pairs is None:
+        pairs = [(a, b) for n, a in enumerate(present) for b in present[n:]]
+    errors = {}
+    for a, b in (tuple(sorted(p)) for p in pairs):
+        difference = (rdf(simulated, cell, species, (a, b), r_max, n_bins)
+                      - rdf(reference, cell, species, (a, b), r_max, n_bins))
+        errors[f"{chemical_symbols[a]}-{chemical_symbols[b]}"] = float(
+            np.abs(difference).sum() * r_max / n_bins)
+    return errors
+
+
+def energy_drift(time_ps, conserved_eV, n_atoms: int) -> float:
+    """Drift of a conserved energy: slope of its least-squares line, in meV/atom/ps.
+
+    Args:
+        time_ps: (n_frames,) float, ps, at least two distinct times.
+        conserved_eV: (n_frames,) float, eV, e.g. the total energy of an NVE run.
+        n_atoms: atoms in the system (> 0).
+
+    Returns:
+        1000 · slope / n_atoms as a float (signed: positive means the energy grows).
+
+    Raises:
+        ValueError: mismatched shapes, fewer than two distinct times, non-finite values,
+            or n_atoms < 1.
+    """
+    time_ps = np.asarray(time_ps, dtype=np.float64)
+    conserved_eV = np.asarray(conserved_eV, dtype=np.float64)
+    if time_ps.ndim != 1 or conserved_eV.shape != time_ps.shape:
+        raise ValueError(f"time_ps {time_ps.shape} and conserved_eV {conserved_eV.shape} must "
+                         "both be (n_frames,)")
+    if np.unique(time_ps).size < 2:
+        raise ValueError("energy drift needs at least two frames at different times")
+    if not (np.isfinite(time_ps).all() and np.isfinite(conserved_eV).all()):
+        raise ValueError("time_ps or conserved_eV holds NaN or inf; pass the frames before "
+                         "the simulation became unstable")
+    if n_atoms < 1:
+        raise ValueError(f"n_atoms is {n_atoms}; it must be at least 1")
+    slope = np.polyfit(time_ps, conserved_eV, 1)[0]
+    return float(1000.0 * slope / n_atoms)
+
+
+def _finite_or_none(x) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _mean_or_none(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def stability_report(traj, reference_positions, species, cell=None, *, molecule: bool,
+                     ensemble: str, r_max: float | None = None, n_bins: int = 500) -> dict:
+    """Stability and structure of every replica of an MD run against reference data.
+
+    Per replica the instability time is the earliest of (a) the driver's
+    ``unstable_time_ps`` (NaN where it ran to the end), (b) for molecules the bond
+    criterion of :func:`time_to_bond_instability` with bonds and mean lengths from
+    ``reference_positions`` (Fu et al. 2023, arXiv:2210.07237, Δ = 0.5 Å), and (c) the
+    first frame with non-finite positions. h(r) error (molecules), RDF error (periodic
+    systems, mean over species pairs) and, for ``ensemble="nve"``, the energy drift are
+    computed from the frames strictly before that time (None when there are none, or
+    fewer than two for the drift).
+
+    Args:
+        traj: a :class:`jaxrel.md.Trajectory` (or any object with its fields):
+            ``positions`` (R, n_frames, n_atoms, 3) Å, ``time_ps`` (n_frames,) ps,
+            ``conserved_eV`` (R, n_frames) eV, ``unstable_time_ps`` (R,) ps,
+            ``stop_reason`` (R,) str or None, ``steps_per_second`` float.
+        reference_positions: (n_ref_frames, n_atoms, 3) float, Å, e.g. the DFT data set.
+        species: (n_atoms,) int atomic numbers.
+        cell: (3, 3) float, Å (rows), for periodic systems; None for a molecule.
+        molecule: True for one molecule in free space (bonds and h(r)); False for a
+            periodic system (RDF; needs ``cell``).
+        ensemble: "nve", "nvt-nh" or "nvt-langevin"; the drift is reported for "nve" only.
+        r_max, n_bins: histogram range (Å) and bins of h(r) or g(r); r_max defaults to Fu et
+            al.'s 10 Å for molecules and, for periodic systems, to their 6 Å or half the
+            smallest cell height, whichever is smaller.
+
+    Returns:
+        A JSON-serialisable dict without NaN: ``stable`` (bool, all replicas),
+        ``time_to_instability_ps`` (earliest over replicas, or None), ``hr_mae`` (mean over
+        replicas, dimensionless, or None), ``rdf_error`` (mean over replicas, Å, or None),
+        ``energy_drift_meV_per_atom_per_ps`` (mean over replicas, or None),
+        ``steps_per_second``, ``simulated_time_ps``, and ``replicas``: one dict per replica
+        with ``time_to_instability_ps``, ``instability`` ("driver", "bond",
+        "non-finite positions" or None), ``stop_reason``, ``n_frames_used``, ``hr_mae``,
+        ``rdf_error`` (per pair), ``energy_drift_meV_per_atom_per_ps``.
+
+    Raises:
+        ValueError: an empty trajectory, shapes that do not match, an unknown ensemble,
+            ``molecule=False`` without a cell or ``molecule=True`` with one.
+    """
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"ensemble is {ensemble!r}; expected one of {', '.join(ENSEMBLES)}")
+    if molecule and cell is not None:
+        raise ValueError("molecule=True measures bonds and h(r) in free space; pass cell=None "
+                         "or molecule=False for a periodic system")
+    if not molecule and cell is None:
+        raise ValueError("molecule=False computes RDFs of a periodic system and needs its cell")
+    positions = np.asarray(traj.positions, dtype=np.float64)
+    if positions.ndim != 4 or positions.shape[-1] != 3 or 0 in positions.shape:
+        raise ValueError(f"traj.positions has shape {positions.shape}; expected a non-empty "
+                         "(n_replicas, n_frames, n_atoms, 3) array")
+    n_replicas, n_frames, n_atoms, _ = positions.shape
+    time_ps = _time_array(traj.time_ps, n_frames)
+    reference = _trajectory_array(reference_positions, "reference_positions")
+    if reference.shape[1] != n_atoms:
+        raise ValueError(f"reference_positions hold {reference.shape[1]} atoms but the "
+                         f"trajectory holds {n_atoms}; pass frames of the same system")
+    species = _species_array(species, n_atoms)
+    driver_times = np.asarray(traj.unstable_time_ps, dtype=np.float64).reshape(-1)
+    conserved = np.asarray(traj.conserved_eV, dtype=np.float64)
+    if driver_times.shape != (n_replicas,) or conserved.shape != (n_replicas, n_frames):
+        raise ValueError(f"traj.unstable_time_ps {driver_times.shape} and traj.conserved_eV "
+                         f"{conserved.shape} do not match {n_replicas} replicas of "
+                         f"{n_frames} frames")
+    pairs, lengths = bonds_from_reference(reference, species) if molecule else (None, None)
+    if r_max is None:
+        r_max = 10.0 if molecule else min(6.0, cell_heights(cell).min() / 2)
+    replicas = []
+    for r in range(n_replicas):
+        candidates = {"driver": _finite_or_none(driver_times[r])}
+        if molecule:
+            candidates["bond"] = time_to_bond_instability(positions[r], time_ps, pairs, lengths)
+        non_finite = np.flatnonzero(~np.isfinite(positions[r]).all(axis=(1, 2)))
+        candidates["non-finite positions"] = float(time_ps[non_finite[0]]) if non_finite.size else None
+        found = {k: t for k, t in candidates.items() if t is not None}
+        source = min(found, key=found.get) if found else None
+        t_unstable = found[source] if source else None
+        keep = np.ones(n_frames, bool) if t_unstable is None else time_ps < t_unstable
+        hr = rdf_errors = drift = None
+        if keep.any() and molecule:
+            hr = hr_mae(positions[r, keep], reference, r_max, n_bins)
+        elif keep.any():
+            rdf_errors = rdf_error(positions[r, keep], reference, cell, species, r_max=r_max,
+                                   n_bins=n_bins)
+        if ensemble == "nve" and keep.sum() >= 2:
+            drift = energy_drift(time_ps[keep], conserved[r, keep], n_atoms)
+        reason = traj.stop_reason[r]
+        replicas.append({"time_to_instability_ps": t_unstable, "instability": source,
+                         "stop_reason": None if reason is None else str(reason),
+                         "n_frames_used": int(keep.sum()),
+                         "hr_mae": hr, "rdf_error": rdf_errors,
+                         "energy_drift_meV_per_atom_per_ps": drift})
+    times = [rep["time_to_instability_ps"] for rep in replicas if rep["time_to_instability_ps"] is not None]
+    return {
+        "stable": not times,
+        "time_to_instability_ps": min(times) if times else None,
+        "hr_mae": _mean_or_none([rep["hr_mae"] for rep in replicas]),
+        "rdf_error": _mean_or_none([float(np.mean(list(rep["rdf_error"].values())))
+                                    for rep in replicas if rep["rdf_error"]]),
+        "energy_drift_meV_per_atom_per_ps": _mean_or_none(
+            [rep["energy_drift_meV_per_atom_per_ps"] for rep in replicas]),
+        "steps_per_second": float(traj.steps_per_second),
+        "simulated_time_ps": float(time_ps[-1]),
+        "replicas": replicas,
+    }

@@ -1,4 +1,4 @@
-"""Command line: ``jaxrel train | evaluate | explain | generate | quickstart``.
+"""Command line: ``jaxrel train | evaluate | explain | report | generate | quickstart``.
 
 Units everywhere: lengths Å, energies eV, forces eV/Å, temperatures K, times fs.
 """
@@ -163,26 +163,88 @@ def _generate(args) -> dict:
             "seconds": round(time.perf_counter() - start, 2)}
 
 
+def _report(args) -> dict:
+    from jaxrel.report import build_report
+
+    result = build_report(args.explained, args.out, model_dir=args.model, data_path=args.data)
+    return {"report": str(result["report"]), "figures": len(result["figures"]),
+            "recovery": result["recovery"] is not None}
+
+
+def _stage(k: int, text: str) -> None:
+    print(f"[{k}/5] {text}", flush=True)
+
+
 def _quickstart(args) -> dict:
+    """Generate argon, train SchNet, explain held-out frames, compare with the exact physics."""
+    from jaxrel.report import build_report
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data_path = out / "argon.npz"
-    print(f"[1/2] generating a liquid-argon ground-truth set (LJ + Axilrod–Teller–Muto) → {data_path}")
-    _generate(argparse.Namespace(species="Ar", atoms=64, frames=args.frames, seed=0, temperature=None,
-                                 cutoff=None, no_three_body=False, quiet=False, out=data_path))
-    print(f"[2/2] training SchNet for {args.minutes} min on it")
+    seconds = {}
+    clock = time.perf_counter()
+    train_path, heldout_path = out / "argon.npz", out / "argon_heldout.npz"
+    _stage(1, f"generating liquid argon (Lennard-Jones + Axilrod–Teller–Muto, exact n-body terms): "
+              f"{args.frames} training frames → {train_path}, {args.explain_frames} held-out frames → {heldout_path}")
+    for path, n_frames, seed in ((train_path, args.frames, 0), (heldout_path, args.explain_frames, 1)):
+        data = _generate(argparse.Namespace(species="Ar", atoms=64, frames=n_frames, seed=seed, temperature=None,
+                                            cutoff=None, no_three_body=False, quiet=False, out=path))
+    cutoff = data["cutoff_A"]
+    seconds["generate"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    _stage(2, f"training SchNet (32 features, 2 interactions, cutoff {cutoff:.2f} Å as the physics) "
+              f"for {args.minutes} min")
     metrics = _train(argparse.Namespace(
-        data=str(data_path), test_data=None, model="schnet", cutoff=6.0, features=32,
+        data=str(train_path), test_data=str(heldout_path), model="schnet", cutoff=cutoff, features=32,
         interactions=2, rbf=20, dtype="float32", epochs=None, minutes=args.minutes, batch_size=8,
         lr=1e-3, energy_weight=0.5, forces_weight=0.5, seed=0, train=None, validation=None,
         quiet=False, out=str(out)))
+    seconds["train"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    _stage(3, f"explaining the {args.explain_frames} held-out frames up to 3-body terms (GNN-LRP, GI rule)")
+    explained = _explain(argparse.Namespace(
+        model=str(out / "model"), data=str(heldout_path), frames=None, order=3, rule="gi", epsilon=0.01,
+        gamma=0.25, quiet=False, out=str(out / "explained")))
+    seconds["explain"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    _stage(4, "analysing the relevance and comparing it with the exact pair, triplet and local energies")
     test = metrics["test"]
-    print(f"test set ({test['n_frames']} frames of 64 Ar atoms): energy MAE "
-          f"{test['energy_mae_meV']:.2f} meV/frame ({test['energy_mae_meV'] / 64:.3f} meV/atom), "
-          f"force MAE {test['forces_mae_meV_per_A']:.2f} meV/Å "
-          f"(reference forces: RMS {test['forces_reference_rms_meV_per_A']:.1f} meV/Å)")
-    print(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}")
-    return metrics
+    notes = [f"Liquid argon, 64 atoms, Lennard-Jones + Axilrod–Teller–Muto. SchNet trained for {args.minutes} "
+             f"min on {metrics['n_frames']['train']} frames; held-out test errors: energy MAE "
+             f"{test['energy_mae_meV'] / 64:.3f} meV/atom, force MAE {test['forces_mae_meV_per_A']:.2f} meV/Å "
+             f"(reference force RMS {test['forces_reference_rms_meV_per_A']:.1f} meV/Å)."]
+    report = build_report(out / "explained", out, title="jaxrel quickstart: what SchNet learned about liquid argon",
+                          notes=notes)
+    seconds["analyse_and_report"] = time.perf_counter() - clock
+    _stage(5, f"report written: {report['report']}")
+
+    recovery, shares = report["recovery"], report["analysis"]["body_order_shares"]
+    summary_frames = json.loads((out / "explained" / "summary.json").read_text())["frames"]
+    summary = {
+        "report": str(report["report"]), "model": str(out / "model"), "test_errors": test,
+        "explain": explained, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "conservation_error_eV": [f["conservation_error_eV"] for f in summary_frames],
+        "higher_order_residual_eV": [f["higher_order_residual_eV"] for f in summary_frames],
+        "body_order_energy_share": {n: v["pooled"] for n, v in shares["energy_share"].items()},
+        "recovery": {k: recovery[k] for k in ("pairs", "triplets", "atomwise") if k in recovery}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    pairs, triplets, atomwise = (summary["recovery"].get(k) for k in ("pairs", "triplets", "atomwise"))
+    print(f"test errors: energy {test['energy_mae_meV'] / 64:.3f} meV/atom, forces {test['forces_mae_meV_per_A']:.2f} meV/Å")
+    print(f"2-body terms vs exact LJ pair energies: r = {pairs['pearson_r']:.3f}, MAE {pairs['mae_eV'] * 1e3:.2f} meV; "
+          f"Σ per frame {np.mean(pairs['recovered_total_eV']):.3f} eV (exact {np.mean(pairs['exact_total_eV']):.3f})")
+    if triplets:
+        print(f"3-body total per frame {np.mean(triplets['recovered_total_eV']):.3f} eV "
+              f"(exact ATM {np.mean(triplets['exact_total_eV']):.3f} eV)")
+    if atomwise:
+        print(f"atomwise energies vs exact local energies: r = {atomwise['pearson_r']:.3f}, "
+              f"MAE {atomwise['mae'] * 1e3:.2f} meV")
+    print(f"largest |conservation error| {max(map(abs, summary['conservation_error_eV'])):.3g} eV "
+          f"(relevance absorbed by biases); total {sum(seconds.values()) / 60:.1f} min")
+    print(f"report: {report['report']}  summary: {out / 'summary.json'}")
+    return summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,10 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="output .npz")
     g.set_defaults(func=_generate)
 
-    p = sub.add_parser("quickstart", help="generate liquid argon, train SchNet, print test errors")
+    p = sub.add_parser("report", help="HTML report with figures of a 'jaxrel explain' folder")
+    p.add_argument("--explained", required=True, help="folder written by 'jaxrel explain'")
+    p.add_argument("--out", help="folder for report.html and figures/ (default: --explained)")
+    p.add_argument("--model", help="model folder (default: the one recorded by explain)")
+    p.add_argument("--data", help="data file (default: the one recorded by explain); a "
+                                  "'jaxrel generate noble-gas' file adds the recovery of the exact terms")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("quickstart", help="generate liquid argon, train SchNet, explain held-out frames, "
+                                          "compare with the exact physics, write report.html")
     p.add_argument("--out", default=DEFAULT_RUN_DIR)
-    p.add_argument("--minutes", type=float, default=3.0)
-    p.add_argument("--frames", type=int, default=200)
+    p.add_argument("--minutes", type=float, default=4.0, help="training time (default 4)")
+    p.add_argument("--frames", type=int, default=200, help="training frames (default 200)")
+    p.add_argument("--explain-frames", type=int, default=8, help="held-out frames to explain (default 8)")
     p.set_defaults(func=_quickstart)
     return parser
 

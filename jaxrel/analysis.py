@@ -156,7 +156,7 @@ def _grouped_bins(keys: np.ndarray, x: np.ndarray, values: np.ndarray, edges: np
     """Mean, standard error of the mean and count of ``values`` per (key row, bin of x).
 
     Args:
-        keys: (m, k) int group keys; x: (m,) binned coordinate; values: (m,); edges: (b + 1,).
+        keys: (m, k) non-negative int group keys; x: (m,) binned coordinate; values: (m,); edges: (b + 1,).
             Rows with x outside [edges[0], edges[-1]] are left out (the last edge is inclusive).
 
     Returns:
@@ -166,9 +166,11 @@ def _grouped_bins(keys: np.ndarray, x: np.ndarray, values: np.ndarray, edges: np
     """
     n_bins = len(edges) - 1
     inside = (x >= edges[0]) & (x <= edges[-1])
-    groups, group = np.unique(keys[inside], axis=0, return_inverse=True)
-    x, values = x[inside], values[inside]
-    cell = group.ravel() * n_bins + np.clip(np.searchsorted(edges, x, side="right") - 1, 0, n_bins - 1)
+    keys, x, values = keys[inside], x[inside], values[inside]
+    dims = keys.max(axis=0) + 1 if len(keys) else np.ones(keys.shape[1], int)
+    codes, group = np.unique(np.ravel_multi_index(keys.T, dims), return_inverse=True)
+    groups = np.stack(np.unravel_index(codes, dims), axis=1)
+    cell = group * n_bins + np.clip(np.searchsorted(edges, x, side="right") - 1, 0, n_bins - 1)
     size = len(groups) * n_bins
     count = np.bincount(cell, minlength=size)
     occupied = count > 0

@@ -7,7 +7,7 @@ everything on an explained folder and writes PNG, CSV and ``analysis.json``.
 * Pair relevance against distance, per species pair, with the radial distribution
   function of the same frames on a twin axis (Bonneau et al., "Peering inside the black
   box: learning the relevance of many-body functions in neural network potentials",
-  2024, arXiv:2407.04526).
+  2024, arXiv:2407.04526; Nat. Commun. 2025).
 * 3-body relevance against the angle at the centre atom and against the shortest side.
 * The share of the energy (signed) and of Σ|R| carried by each body order.
 * Interaction strength per species pair and its decay length (Esders et al., "Analyzing

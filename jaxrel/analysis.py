@@ -601,16 +601,16 @@ def plot_pair_curves(curves: dict, path, *, rdf: dict | None = None, reference: 
         if reference and key in reference:
             ax.plot(*reference[key], "--", color=_colour(i), label=f"{species_label(key, names)} reference")
         if twin is not None and key in rdf:
-            twin.plot(*rdf[key], ":", color=_colour(i), lw=1.2, label=f"{species_label(key, names)} {rdf_label}")
+            twin.plot(*rdf[key], ":", color=_colour(i), lw=1.2)
     ax.axhline(0.0, color="0.6", lw=0.8)
     ax.set_xlabel("distance r (Å)")
     ax.set_ylabel("mean 2-body relevance R₂ (eV)")
     handles, labels = ax.get_legend_handles_labels()
     if twin is not None:
         twin.set_ylabel(rdf_label)
-        more = twin.get_legend_handles_labels()
-        handles, labels = handles + more[0], labels + more[1]
-    ax.legend(handles, labels, fontsize=8, loc="best")
+        handles.append(ax.plot([], [], "k:", lw=1.2)[0])
+        labels.append(f"dotted: {rdf_label}")
+    ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.18 if twin else 1.02, 1.0))
     ax.set_title(title)
     return _save(fig, path)
 

@@ -1,0 +1,127 @@
+"""What SchNet's relevance recovers of liquid argon's exact physics, and how model size matters.
+
+1. Recovery with and without the three-body term (null test): liquid argon, 64 atoms,
+   Lennard-Jones + Axilrod–Teller–Muto (or LJ only), 200 training frames and 8 held-out
+   frames from an independent trajectory; SchNet (32 features, 2 interactions) trained
+   for ``--minutes``; the held-out frames explained up to 3-body terms and matched term
+   by term with the exact pair and triplet energies (:mod:`jaxrel.recovery`).
+2. Model size: SchNet with (features, interactions) = (8, 1), (32, 2), (64, 3), same data
+   and budget; the model's atomwise energies against the exact local energies (Uhlig,
+   Tovey, Holm 2024, arXiv:2403.00377, found that smaller networks reproduce local
+   energies better).
+
+Species energies are zero (isolated noble-gas atoms have zero energy), so the network has
+to represent the whole energy. Results: benchmarks/results/recovery_study_<backend>.json,
+figures and the two reports under benchmarks/results/recovery_study/.
+
+    python benchmarks/recovery_study.py [--minutes 4] [--out runs/recovery_study]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+from matplotlib.figure import Figure  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_rmd17 import machine  # noqa: E402
+
+from jaxrel.cli import main as jaxrel  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = [(8, 1), (32, 2), (64, 3)]
+
+
+def run(argv: list[str]) -> None:
+    if jaxrel(argv) != 0:
+        raise SystemExit(f"jaxrel {' '.join(argv)} failed")
+
+
+def experiment(work: Path, data: Path, heldout: Path, features: int, interactions: int, minutes: float) -> dict:
+    """Train, explain the held-out frames (up to 3-body where T ≥ 2), report; the run's figures."""
+    start = time.perf_counter()
+    run(["train", "--data", str(data), "--test-data", str(heldout), "--model", "schnet",
+         "--cutoff", f"{float(np.load(data)['cutoff']):.6f}", "--features", str(features),
+         "--interactions", str(interactions), "--minutes", str(minutes), "--energy-weight", "0.5",
+         "--forces-weight", "0.5", "--species-energies", "zero", "--quiet", "--out", str(work)])
+    order = min(3, interactions + 1)
+    run(["explain", "--model", str(work / "model"), "--data", str(heldout), "--order", str(order),
+         "--quiet", "--out", str(work / "explained")])
+    run(["report", "--explained", str(work / "explained")])
+    figures = work / "explained" / "figures"
+    recovery = json.loads((figures / "recovery.json").read_text())
+    metrics = json.loads((work / "metrics.json").read_text())
+    return {"features": features, "interactions": interactions, "max_order": order,
+            "test": metrics["test"], "training": metrics["training"],
+            "atomwise_vs_local": recovery["atomwise"],
+            "pairs": recovery["pairs"],
+            "triplets": recovery.get("triplets"), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def plot_sizes(rows: list[dict], path: Path) -> None:
+    fig = Figure(figsize=(5.2, 3.8))
+    ax = fig.add_subplot()
+    labels = [f"F{r['features']}×T{r['interactions']}" for r in rows]
+    ax.plot(labels, [r["atomwise_vs_local"]["pearson_r"] for r in rows], "o-", label="Pearson r")
+    ax.plot(labels, [r["atomwise_vs_local"]["r2"] for r in rows], "s-", label="R²")
+    ax.set_xlabel("SchNet size (features × interactions)")
+    ax.set_ylabel("atomwise vs exact local energies")
+    ax.legend()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=4.0, help="training minutes per model")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "recovery_study"))
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    work, results = Path(args.out), Path(args.results)
+    figures = results / "recovery_study"
+    figures.mkdir(parents=True, exist_ok=True)
+    data = {}
+    for name, flag in (("lj_atm", []), ("lj_only", ["--no-three-body"])):
+        for split, frames, seed in (("train", 200, 0), ("heldout", 8, 1)):
+            path = work / f"argon_{name}_{split}.npz"
+            if not path.exists():
+                run(["generate", "noble-gas", "--species", "Ar", "--atoms", "64", "--frames", str(frames),
+                     "--seed", str(seed), "--quiet", *flag, "--out", str(path)])
+            data[name, split] = path
+    result = {"machine": machine(), "minutes_per_model": args.minutes,
+              "command": f"python benchmarks/recovery_study.py --minutes {args.minutes}",
+              "system": "liquid Ar, 64 atoms, 94.4 K, LJ + ATM (lj_atm) or LJ only (lj_only); "
+                        "200 training frames, 8 held-out frames from an independent trajectory",
+              "recovery": {}, "model_size": []}
+    for name in ("lj_atm", "lj_only"):
+        row = experiment(work / f"{name}_F32_T2", data[name, "train"], data[name, "heldout"], 32, 2, args.minutes)
+        result["recovery"][name] = row
+        for png in (work / f"{name}_F32_T2" / "explained" / "figures").glob("recovery_*.png"):
+            shutil.copy(png, figures / f"{name}_{png.name}")
+        shutil.copy(work / f"{name}_F32_T2" / "explained" / "figures" / "pair_curves.png",
+                    figures / f"{name}_pair_curves.png")
+        print(json.dumps({name: {k: row[k] for k in ("test", "atomwise_vs_local")}}, indent=1), flush=True)
+    for features, interactions in SIZES:
+        if (features, interactions) == (32, 2):
+            row = result["recovery"]["lj_atm"]
+        else:
+            row = experiment(work / f"lj_atm_F{features}_T{interactions}", data["lj_atm", "train"],
+                             data["lj_atm", "heldout"], features, interactions, args.minutes)
+        result["model_size"].append(row)
+        print(json.dumps({f"F{features}xT{interactions}": row["atomwise_vs_local"]}), flush=True)
+    plot_sizes(result["model_size"], figures / "model_size_atomwise.png")
+    path = results / f"recovery_study_{result['machine']['backend']}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -329,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # jax_md's neighbour lists scatter int64 into int32 arrays; harmless, and not the user's doing.
+    warnings.filterwarnings("ignore", message="scatter inputs have incompatible types", category=FutureWarning)
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)

@@ -158,8 +158,7 @@ def compare_with_ground_truth(explained: Explained, truth: Mapping,
             k + "_eV": triplets[k].tolist() for k in ("recovered_total", "exact_total")} | {
             "missed_exact_eV": triplets["missed_exact_eV"].tolist()}
     curves = pair_relevance_curve(explained.tables[2], r_max=cutoff, n_bins=n_bins)
-    r = np.linspace(0.8 * min(float(c["r_center"][c["count"] > 0].min()) for c in curves.values()),
-                    cutoff, 200)
+    r = np.linspace(float(explained.tables[2]["distances"][:, 0].min()), cutoff, 200)
     result["pair_curves"] = curves
     with jax.enable_x64(True):
         result["exact_pair_potential"] = {key: (r, np.asarray(pair_energy(r, key[0], key[1], cutoff)))

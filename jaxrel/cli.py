@@ -218,7 +218,7 @@ def _quickstart(args) -> dict:
              f"{test['energy_mae_meV'] / 64:.3f} meV/atom, force MAE {test['forces_mae_meV_per_A']:.2f} meV/Å "
              f"(reference force RMS {test['forces_reference_rms_meV_per_A']:.1f} meV/Å)."]
     report = build_report(out / "explained", out, title="jaxrel quickstart: what SchNet learned about liquid argon",
-                          notes=notes)
+                          notes=notes, progress=True)
     seconds["analyse_and_report"] = time.perf_counter() - clock
     _stage(5, f"report written: {report['report']}")
 

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxrel.analysis import Explained, load_explained, species_label, write_analysis
 
@@ -130,7 +131,7 @@ def _recovery_section(recovery: dict, figures: Path, written: dict) -> str:
 
 def build_report(explained_dir, out_dir=None, *, model_dir=None, data_path=None,
                  title: str | None = None, notes: list[str] | None = None,
-                 names: dict[int, str] | None = None) -> dict:
+                 names: dict[int, str] | None = None, progress: bool = False) -> dict:
     """Analyse a ``jaxrel explain`` folder and write ``report.html`` with its figures.
 
     Args:
@@ -143,6 +144,7 @@ def build_report(explained_dir, out_dir=None, *, model_dir=None, data_path=None,
         title: page title.
         notes: extra paragraphs (plain text) shown under the title.
         names: species labels {Z: label} (e.g. CG bead names).
+        progress: show a progress bar over the three steps (analyses, recovery, page).
 
     Returns:
         {"report": path of report.html, "analysis": analysis.json contents,
@@ -151,13 +153,19 @@ def build_report(explained_dir, out_dir=None, *, model_dir=None, data_path=None,
         FileNotFoundError, ValueError: a missing or corrupt explained folder (see
             :func:`jaxrel.analysis.load_explained`).
     """
+    bar = tqdm(total=3, desc="report", unit="step", disable=not progress)
     explained = load_explained(explained_dir)
     out = Path(out_dir if out_dir is not None else explained_dir)
     figures = out / "figures"
+    bar.set_postfix_str("analyses")
     written = write_analysis(explained, figures, names=names)
     analysis = json.loads((figures / written["json"]).read_text())
     summary = explained.summary
+    bar.update()
+    bar.set_postfix_str("recovery")
     recovery, recovery_written = _recovery(explained, summary, model_dir, data_path, figures)
+    bar.update()
+    bar.set_postfix_str("page")
 
     title = title or f"jaxrel report: {Path(summary.get('model', 'model')).parent.name or 'model'}"
     n_frames = len(summary["frames"])
@@ -191,6 +199,8 @@ def build_report(explained_dir, out_dir=None, *, model_dir=None, data_path=None,
     parts.append("</body></html>")
     report = out / "report.html"
     report.write_text("".join(parts), encoding="utf-8")
+    bar.update()
+    bar.close()
     all_figures = {**fig, **(recovery_written["figures"] if recovery_written else {})}
     return {"report": report, "analysis": analysis, "recovery": recovery,
             "figures": {k: figures / v for k, v in all_figures.items()}}

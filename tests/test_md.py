@@ -1,0 +1,291 @@
+"""Molecular dynamics: conservation laws, neighbour-list reallocation, replicas, thermostats,
+instability handling, output files and the ``jaxrel md`` command line.
+
+Compiled MD code is cached per (model, ensemble, system size, cell, capacity), so the tests
+share small systems: an O–H–H molecule (free space, 6 directed edges at any geometry) and
+8 argon atoms in a periodic box.
+"""
+
+import json
+from dataclasses import dataclass, replace
+
+import ase.io
+import ase.units
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrel.cli import main
+from jaxrel.md import THERMO_COLUMNS, MDConfig, simulate, write_thermo, write_trajectory
+from jaxrel.models import Potential
+from jaxrel.train import save_checkpoint
+from test_calculator import argon_potential, liquid
+from test_train import morse_dimers, small_potential
+
+WATER = np.array([[0.0, 0, 0], [0.97, 0, 0], [-0.25, 0.93, 0]])
+WATER_SPECIES = np.array([8, 1, 1])
+
+
+@pytest.fixture(scope="module")
+def molecule():
+    return small_potential()
+
+
+BOX = 10.0  # capacity multiplier of the argon-box neighbour lists: all 56 pairs, no reallocation
+
+
+@pytest.fixture(scope="module")
+def argon():
+    potential, params = argon_potential("schnet")
+    return potential, params, liquid()
+
+
+def test_nve_energy_error_is_second_order_in_the_time_step(molecule):
+    """Velocity Verlet conserves a shadow Hamiltonian H̃ = H + O(dt²), so the fluctuation of
+    E_pot + E_kin over the same 200 fs must shrink 4× (3.6–4.4 allowed) when dt halves;
+    a force that is not −∇E would leave an O(1) error that does not shrink. For a mode of
+    angular frequency ω the relative error is about (ω dt)²/4, below 1e-3 at dt = 0.25 fs
+    for periods above 25 fs — this random model's motions are slower (E_pot varies over
+    ~100 fs), so the fluctuation must stay under 1e-3 of the energy exchanged, ptp(E_pot)."""
+    potential, params = molecule
+    ptp = {}
+    for dt in (0.25, 0.125):
+        n_steps = round(200 / dt)
+        traj = simulate(potential, params, WATER, WATER_SPECIES, progress=False,
+                        config=MDConfig(dt_fs=dt, n_steps=n_steps, log_every=n_steps // 40))
+        assert traj.time_ps[-1] == pytest.approx(0.2) and traj.positions.shape == (1, 41, 3, 3)
+        assert traj.cell is None and traj.stop_reason == [None] and np.isnan(traj.unstable_time_ps).all()
+        ptp[dt] = np.ptp(traj.conserved_eV[0])
+        exchanged = np.ptp(traj.potential_energy_eV[0])
+        assert ptp[dt] < 1e-3 * exchanged
+    assert 3.6 < ptp[0.25] / ptp[0.125] < 4.4
+
+
+def test_nose_hoover_conserves_its_extended_energy_while_the_system_energy_changes(molecule):
+    """The chain moves energy in and out of the molecule, so E_pot + E_kin changes by ~k_B T
+    per degree of freedom, while the extended energy H' has only the O(dt²) integration
+    error bounded as in the NVE test (< 1e-3 of the system's energy change)."""
+    potential, params = molecule
+    traj = simulate(potential, params, WATER, WATER_SPECIES, progress=False,
+                    config=MDConfig("nvt-nh", dt_fs=0.25, n_steps=1000, log_every=25, tau_fs=20.0))
+    system = traj.potential_energy_eV[0] + traj.kinetic_energy_eV[0]
+    assert np.ptp(system) > 3 * ase.units.kB * 300
+    assert np.ptp(traj.conserved_eV[0]) < 1e-3 * np.ptp(system)
+
+
+def test_overflow_reallocates_and_redoes_the_block_so_the_trajectory_matches_ample_capacity(argon):
+    """Six argon atoms on a ring fly inwards: the list allocated at the start (capacity
+    exactly its 12 ring pairs) overflows; the result must equal a run whose list holds
+    every pair from the start."""
+    potential, params, _ = argon
+    angle = np.arange(6) * np.pi / 3
+    ring = 3.4 * np.stack([np.cos(angle), np.sin(angle), np.zeros(6)], axis=1)
+    inwards = -0.004 * ring / 3.4
+    species = np.full(6, 18)
+    run = {}
+    for multiplier in (1.0, 100.0):
+        run[multiplier] = simulate(potential, params, ring, species, velocities=inwards, progress=False,
+                                   config=MDConfig(dt_fs=4.0, n_steps=120, log_every=20,
+                                                   capacity_multiplier=multiplier))
+    small, ample = run[1.0], run[100.0]
+    assert small.n_reallocations >= 1 and ample.n_reallocations == 0
+    final = small.positions[0, -1]
+    assert np.linalg.norm(final[:, None] - final[None], axis=-1).max() < 4.0  # all 30 pairs listed
+    np.testing.assert_allclose(small.positions, ample.positions, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(small.conserved_eV, ample.conserved_eV, rtol=0, atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def langevin_runs(argon):
+    """Two argon boxes from rest: vmapped as replicas and as two single runs."""
+    potential, params, _ = argon
+    starts = np.stack([liquid(seed=0).positions, liquid(seed=1).positions])
+    atoms = liquid()
+    config = MDConfig("nvt-langevin", dt_fs=4.0, temperature_K=120.0, n_steps=2000, log_every=50,
+                      friction_per_ps=10.0, seed=3, capacity_multiplier=BOX)
+    common = dict(cell=atoms.cell.array, config=config, progress=False)
+    replicas = simulate(potential, params, starts, atoms.numbers, velocities=np.zeros_like(starts), **common)
+    singles = [simulate(potential, params, starts[r], atoms.numbers, velocities=np.zeros((8, 3)),
+                        **common | {"config": replace(config, seed=3 + r)})
+               for r in range(2)]
+    return replicas, singles
+
+
+def test_vmapped_replicas_equal_separate_runs_with_their_seeds_and_starts(langevin_runs):
+    replicas, singles = langevin_runs
+    assert replicas.positions.shape == (2, 41, 8, 3)
+    for r, single in enumerate(singles):
+        np.testing.assert_allclose(replicas.positions[r], single.positions[0], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(replicas.temperature_K[r], single.temperature_K[0], rtol=1e-9)
+    assert not np.allclose(replicas.positions[0, 1:], replicas.positions[1, 1:])
+
+
+def test_langevin_heats_atoms_from_rest_to_the_target_temperature(langevin_runs):
+    """γ = 10/ps relaxes E_kin within 1/(2γ) = 50 fs, so frames 200 fs apart are independent;
+    24 degrees of freedom give a per-frame relative spread √(2/24) ≈ 0.29, so the mean of 2 × 20
+    frames after 4 ps is within 20% (≈ 4σ) of 120 K."""
+    replicas, _ = langevin_runs
+    assert (replicas.temperature_K[:, 0] == 0).all()
+    assert replicas.temperature_K[:, 21:].mean() == pytest.approx(120.0, rel=0.2)
+
+
+def test_periodic_box_nve_conserves_energy_across_the_boundaries(argon):
+    """Atoms cross the cell faces (positions are not wrapped); a pair missed by the
+    minimum-image neighbour list would make E jump by ~ its pair energy, ≫ the O(dt²) error
+    (< 1e-3 of ptp(E_pot), as in the molecule test, at dt = 5 fs for 40-amu argon)."""
+    potential, params, atoms = argon
+    traj = simulate(potential, params, atoms.positions, atoms.numbers, cell=atoms.cell.array,
+                    progress=False, config=MDConfig(dt_fs=5.0, n_steps=1000, log_every=50, capacity_multiplier=BOX))
+    np.testing.assert_array_equal(traj.cell, atoms.cell.array)
+    assert np.ptp(traj.conserved_eV[0]) < 1e-3 * np.ptp(traj.potential_energy_eV[0])
+
+
+def test_a_huge_time_step_stops_the_run_with_a_clear_reason_and_no_nan_frames(argon):
+    potential, params, atoms = argon
+    traj = simulate(potential, params, atoms.positions, atoms.numbers, cell=atoms.cell.array,
+                    progress=False, config=MDConfig(dt_fs=200.0, n_steps=1000, log_every=50, capacity_multiplier=BOX))
+    t = traj.unstable_time_ps[0]
+    assert np.isfinite(t) and t < 200.0
+    assert traj.stop_reason[0].startswith("temperature") and f"> 3000 K at {t:.4g} ps" in traj.stop_reason[0]
+    assert traj.time_ps[-1] < t and len(traj.time_ps) < 21
+    for field in ("positions", "velocities", "temperature_K", "conserved_eV"):
+        assert np.isfinite(getattr(traj, field)).all()
+
+
+@dataclass(frozen=True)
+class NaNOutside:
+    """A potential whose energy is NaN once an atom leaves a sphere of ``radius`` Å."""
+
+    potential: Potential
+    radius: float
+
+    @property
+    def config(self):
+        return self.potential.config
+
+    def check_species(self, species):
+        self.potential.check_species(species)
+
+    def energy(self, params, graph):
+        outside = jnp.linalg.norm(graph.positions, axis=-1).max() > self.radius
+        return self.potential.energy(params, graph) * jnp.where(outside, jnp.nan, 1.0)
+
+
+@pytest.fixture(scope="module")
+def frozen_run(molecule):
+    """Replica 0: atoms at rest beyond the cutoff (no forces); replica 1: hydrogens flying
+    out of the 5 Å sphere, where the potential turns NaN."""
+    potential, params = molecule
+    starts = np.stack([4 * WATER, WATER])
+    velocities = np.zeros_like(starts)
+    velocities[1, 1:] = 0.08 * WATER[1:] / np.linalg.norm(WATER[1:], axis=1, keepdims=True)
+    return simulate(NaNOutside(potential, 5.0), params, starts, WATER_SPECIES, velocities=velocities,
+                    progress=False, config=MDConfig(dt_fs=0.5, n_steps=400, log_every=20))
+
+
+def test_a_replica_with_non_finite_energy_is_frozen_while_the_other_runs_on(frozen_run):
+    traj = frozen_run
+    assert traj.stop_reason[0] is None and np.isnan(traj.unstable_time_ps[0])
+    assert traj.stop_reason[1] == f"non-finite energy at {traj.unstable_time_ps[1]:.4g} ps"
+    assert 0.02 < traj.unstable_time_ps[1] < 0.1 and traj.time_ps[-1] == pytest.approx(0.2)
+    frozen = traj.time_ps >= traj.unstable_time_ps[1]
+    last = np.flatnonzero(~frozen)[-1]
+    np.testing.assert_array_equal(traj.positions[1, frozen], np.broadcast_to(traj.positions[1, last],
+                                                                             (frozen.sum(), 3, 3)))
+    assert np.isfinite(traj.positions).all() and np.isfinite(traj.conserved_eV).all()
+
+
+def test_trajectory_and_thermo_files_hold_the_stable_frames(frozen_run, tmp_path):
+    traj = frozen_run
+    for r in range(2):
+        write_trajectory(traj, tmp_path / f"r{r}.extxyz", replica=r)
+        frames = ase.io.read(tmp_path / f"r{r}.extxyz", index=":")
+        keep = traj.stable_frames(r)
+        assert len(frames) == len(keep) and (len(keep) < len(traj.time_ps)) == (r == 1)
+        for k, atoms in zip(keep, frames):
+            np.testing.assert_allclose(atoms.positions, traj.positions[r, k], atol=1e-8)
+            np.testing.assert_allclose(atoms.get_velocities() * ase.units.fs, traj.velocities[r, k], atol=1e-8)
+            assert atoms.get_potential_energy() == pytest.approx(traj.potential_energy_eV[r, k])
+            assert atoms.info["time_ps"] == pytest.approx(traj.time_ps[k])
+            np.testing.assert_array_equal(atoms.numbers, WATER_SPECIES)
+    write_thermo(traj, tmp_path / "thermo.csv")
+    table = np.genfromtxt(tmp_path / "thermo.csv", delimiter=",", names=True)
+    assert table.dtype.names == THERMO_COLUMNS
+    assert len(table) == len(traj.stable_frames(0)) + len(traj.stable_frames(1))
+    rows = table[table["replica"] == 1]
+    np.testing.assert_allclose(rows["conserved_eV"], traj.conserved_eV[1, traj.stable_frames(1)], rtol=1e-12)
+    with pytest.raises(ValueError, match="replica 2 does not exist"):
+        write_trajectory(traj, tmp_path / "x.extxyz", replica=2)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(positions=WATER * np.array([1.0, np.nan, 1.0])), "non-finite position"),
+    (dict(species=np.array([8, 1, 6])), "atom 2 has species 6, which the model was not trained on"),
+    (dict(positions=WATER[:, :2]), "give (n_atoms, 3) for one run"),
+    (dict(species=np.array([8, 1])), "give one integer atomic number per atom"),
+    (dict(masses=np.array([16.0, -1.0, 1.0])), "positive finite numbers in amu"),
+    (dict(velocities=np.zeros((2, 3, 3))), "with the shape of positions"),
+    (dict(cell=np.eye(3) * 5.0), "less than twice the model's 3.0 Å cutoff"),
+    (dict(positions=np.array([[0.0, 0, 0], [0.05, 0, 0], [1.0, 0, 0]])), "closer than 0.1 Å"),
+])
+def test_bad_input_raises_one_clear_sentence(molecule, change, message):
+    potential, params = molecule
+    inputs = dict(positions=WATER, species=WATER_SPECIES) | change
+    positions, species = inputs.pop("positions"), inputs.pop("species")
+    with pytest.raises(ValueError) as err:
+        simulate(potential, params, positions, species, progress=False, **inputs)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(ensemble="npt"), "ensemble is 'npt'"),
+    (dict(dt_fs=0.0), "dt_fs is 0.0; it must be a positive finite number"),
+    (dict(log_every=0), "log_every is 0; it must be a positive integer"),
+    (dict(capacity_multiplier=0.5), "capacity_multiplier is 0.5"),
+    (dict(max_temperature_K=100.0), "it must exceed temperature_K = 300.0 K"),
+])
+def test_bad_settings_raise_one_clear_sentence(settings, message):
+    with pytest.raises(ValueError) as err:
+        MDConfig(**settings)
+    assert message in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def model_and_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("md")
+    data = morse_dimers(root / "morse.extxyz", n_frames=6)
+    potential, params = small_potential("float32")
+    save_checkpoint(root / "model", potential, params)
+    return root / "model", data
+
+
+def test_md_command_writes_trajectory_thermo_and_stability(model_and_data, tmp_path):
+    model, data = model_and_data
+    out = tmp_path / "md"
+    assert main(["md", "--model", str(model), "--data", str(data), "--frame", "2", "--ensemble", "nvt-langevin",
+                 "--temperature", "300", "--dt", "0.5", "--time", "0.05", "--log-every", "10",
+                 "--replicas", "2", "--quiet", "--out", str(out)]) == 0
+    frames = ase.io.read(out / "trajectory.extxyz", index=":")
+    assert len(frames) == 11 and frames[-1].info["time_ps"] == pytest.approx(0.05)
+    assert len(ase.io.read(out / "trajectory_r1.extxyz", index=":")) == 11
+    table = np.genfromtxt(out / "thermo.csv", delimiter=",", names=True)
+    assert len(table) == 22
+    report = json.loads((out / "stability.json").read_text())
+    for key in ("stable", "time_to_instability_ps", "hr_mae", "rdf_error",
+                "energy_drift_meV_per_atom_per_ps", "steps_per_second"):
+        assert key in report
+    # this random model breaks bonds (Fu et al.'s criterion) within the run; the report says so
+    assert len(report["replicas"]) == 2 and report["hr_mae"] >= 0 and report["n_reallocations"] == 0
+    assert report["stable"] == (report["time_to_instability_ps"] is None)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--time", "-1"], "--time is -1.0 ps"),
+    (["--frame", "9"], "--frame 9 is not a frame of the 6"),
+    (["--replicas", "0"], "--replicas is 0"),
+])
+def test_md_command_rejects_bad_settings_in_one_line(model_and_data, tmp_path, capsys, argv, message):
+    model, data = model_and_data
+    code = main(["md", "--model", str(model), "--data", str(data), "--quiet", "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err

@@ -326,7 +326,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=200, help="training frames (default 200)")
     p.add_argument("--explain-frames", type=int, default=8, help="held-out frames to explain (default 8)")
     p.set_defaults(func=_quickstart)
+
+    p = sub.add_parser("md", help="molecular dynamics with a trained model, then stability metrics "
+                                  "(Fu et al. 2023) against the data")
+    p.add_argument("--model", required=True, help="model folder written by train (OUT/model)")
+    p.add_argument("--data", required=True, help="frames of the system: the start frame and the "
+                                                 "reference for h(r) / RDF and bond lengths")
+    p.add_argument("--frame", type=int, default=0, help="start frame of every replica (default 0)")
+    p.add_argument("--ensemble", choices=["nve", "nvt-nh", "nvt-langevin"], default="nve",
+                   help="velocity Verlet, Nosé–Hoover chain or Langevin (BAOAB)")
+    p.add_argument("--temperature", type=float, default=300.0,
+                   help="K: initial Maxwell–Boltzmann velocities and thermostat target (default 300)")
+    p.add_argument("--dt", type=float, default=0.5, help="time step, fs (default 0.5)")
+    p.add_argument("--time", type=float, default=10.0, help="simulated time, ps (default 10)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="independent runs vmapped together; replica r uses seed + r (default 1)")
+    p.add_argument("--log-every", type=int, default=100, help="steps per logged frame (default 100)")
+    p.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps (default 1)")
+    p.add_argument("--tau", type=float, default=100.0, help="Nosé–Hoover time constant, fs (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True,
+                   help="folder for trajectory.extxyz (replica 0; trajectory_r<k>.extxyz for replica k), "
+                        "thermo.csv and stability.json")
+    p.set_defaults(func=_md)
     return parser
+
+
+def _md(args) -> dict:
+    from jaxrel.data import read_frames
+    from jaxrel.md import MDConfig, simulate, write_thermo, write_trajectory
+    from jaxrel.stability import stability_report
+    from jaxrel.train import load_checkpoint
+
+    potential, params, _ = load_checkpoint(args.model)
+    frames = read_frames(args.data)
+    if not 0 <= args.frame < len(frames):
+        raise ValueError(f"--frame {args.frame} is not a frame of the {len(frames)} in {args.data}; "
+                         f"use 0..{len(frames) - 1}")
+    if args.replicas < 1:
+        raise ValueError(f"--replicas is {args.replicas}; run at least 1")
+    if not (args.time > 0 and args.dt > 0):
+        raise ValueError(f"--time is {args.time} ps and --dt is {args.dt} fs; both must be positive")
+    n_steps = round(args.time * 1000 / args.dt)
+    if n_steps < 1:
+        raise ValueError(f"--time {args.time} ps is shorter than one --dt {args.dt} fs step; "
+                         "simulate longer or use a smaller step")
+    config = MDConfig(args.ensemble, dt_fs=args.dt, temperature_K=args.temperature, n_steps=n_steps,
+                      log_every=args.log_every, friction_per_ps=args.friction, tau_fs=args.tau,
+                      seed=args.seed)
+    cell = frames.cell if frames.cell is None or frames.cell.ndim == 2 else frames.cell[args.frame]
+    start = np.broadcast_to(frames.positions[args.frame], (args.replicas, *frames.positions.shape[1:]))
+    traj = simulate(potential, params, start, frames.species, cell=cell, config=config,
+                    progress=not args.quiet)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for r in range(args.replicas):
+        write_trajectory(traj, out / ("trajectory.extxyz" if r == 0 else f"trajectory_r{r}.extxyz"), replica=r)
+    write_thermo(traj, out / "thermo.csv")
+    report = stability_report(traj, frames.positions, frames.species, cell, molecule=cell is None,
+                              ensemble=args.ensemble)
+    report |= {"n_reallocations": traj.n_reallocations, "model": str(args.model), "data": str(args.data),
+               "frame": args.frame, "config": vars(config) | {"n_replicas": args.replicas},
+               "units": {"time": "ps", "dt": "fs", "temperature": "K", "energy": "eV"}}
+    (out / "stability.json").write_text(json.dumps(report, indent=2))
+    return {"out": str(out), "stable": report["stable"],
+            "time_to_instability_ps": report["time_to_instability_ps"],
+            "simulated_time_ps": report["simulated_time_ps"], "steps_per_second": report["steps_per_second"]}
 
 
 def main(argv: list[str] | None = None) -> int:

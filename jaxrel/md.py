@@ -17,8 +17,8 @@ Integrators and neighbour lists are JAX MD's (Schoenholz & Cubuk 2020, arXiv:191
 Initial velocities are drawn from the Maxwell–Boltzmann distribution at
 ``MDConfig.temperature_K`` with the total momentum removed. Temperatures are
 T = 2 E_kin / (N_f k_B) with N_f = 3 n_atoms, JAX MD's count (the thermostats target the
-same), so a run started from Maxwell–Boltzmann velocities without total momentum shows
-(n_atoms − 1)/n_atoms of the target at frame 0.
+same), so Maxwell–Boltzmann velocities without total momentum start, on average, at
+(n_atoms − 1)/n_atoms of the target.
 
 The neighbour list is a sparse ``jax_md.partition`` list rebuilt at every energy and force
 evaluation by a dense O(n_atoms²) pair search (no cell list, no skin), so every graph holds
@@ -475,6 +475,7 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
             wall += time.perf_counter() - tic
             if not (np.asarray(overflow) & active).any():
                 break
+            # at least double the capacity, so a block overflows a bounded number of times
             nbrs = _allocate(neighbor_fn, states.position, extra_capacity=-(-nbrs.max_occupancy // n_atoms))
             n_reallocations += 1
         steps_done += n_steps

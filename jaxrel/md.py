@@ -44,7 +44,7 @@ import ase.units
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax_md import partition, quantity as jax_md_quantity, simulate as jmd, space
+from jax_md import partition, simulate as jmd, space
 from tqdm import tqdm
 
 from jaxrel.graph import Graph, cell_heights, check_positions
@@ -286,7 +286,7 @@ def _energy_fn(potential, physics: dict):
 
 
 def _no_energy(position, **unused):
-    """Zero energy (and forces): initial states get their forces in the first block."""
+    """Zero energy (and forces): :func:`_block` sets the forces of initial states."""
     return jnp.zeros((), position.dtype)
 
 
@@ -335,26 +335,28 @@ CHECKS = ("positions", "forces", "energy")
 """What must stay finite, in the order :func:`_instability` reports it."""
 
 
-def _block(potential, ensemble, shift, physics, states, nbrs, params, n_steps, active):
-    """Forces at the start, then ``n_steps`` steps of every replica (0 gives the initial frame).
+def _block(potential, ensemble, shift, physics, states, nbrs, params, n_steps, first, active):
+    """``n_steps`` steps of every replica, after a step of length 0 if ``first``.
 
-    Replicas not ``active``, or not stable afterwards (a non-finite :data:`CHECKS` entry or a
-    temperature above ``physics["t_max"]``), keep their old state. Returns ``(states, nbrs,
-    observations, stable, overflow)``; observations hold ``temperature_K``, the energies
-    (eV) and ``finite`` (R, len(CHECKS)).
+    A step of length 0 moves nothing and only sets the forces, so ``first`` (with
+    ``n_steps=0``) turns the states of :func:`_start` into the initial frame. Replicas not
+    ``active``, or not stable afterwards (a non-finite :data:`CHECKS` entry or a temperature
+    above ``physics["t_max"]``), keep their old state. Returns ``(states, nbrs, observations,
+    stable, overflow)``; observations hold ``temperature_K``, the energies (eV) and
+    ``finite`` (R, len(CHECKS)).
     """
     energy_fn = _energy_fn(potential, physics)
-    force_fn = jax_md_quantity.force(energy_fn)
-    _, apply_fn, conserved_fn = _integrator(ensemble, energy_fn, shift, physics)
+    conserved_fn = _integrator(ensemble, energy_fn, shift, physics)[2]
 
     def one(state, nbr):
-        def step(_, carry):
+        def step(i, carry):
             state, nbr = carry
+            dt = jnp.where(first & (i == 0), jnp.zeros_like(physics["dt"]), physics["dt"])
+            apply_fn = _integrator(ensemble, energy_fn, shift, physics | {"dt": dt})[1]
             state = apply_fn(state, neighbor=nbr, params=params)
             return state, nbr.update(state.position)
 
-        state = state.set(force=force_fn(state.position, neighbor=nbr, params=params))
-        state, nbr = jax.lax.fori_loop(0, n_steps, step, (state, nbr))
+        state, nbr = jax.lax.fori_loop(0, n_steps + first, step, (state, nbr))
         e_pot = energy_fn(state.position, neighbor=nbr, params=params)
         e_kin = jmd.kinetic_energy(state)
         finite = jnp.stack([jnp.isfinite(state.position).all(), jnp.isfinite(state.force).all(),
@@ -451,7 +453,7 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
     args = (physics, keys, positions_j, momenta)
     states = _executable(_start, static[1:], args)(*args)
     active = np.ones(n_replicas, bool)
-    args = (physics, states, nbrs, params, jnp.int32(0), jnp.asarray(active))
+    args = (physics, states, nbrs, params, jnp.int32(0), jnp.asarray(True), jnp.asarray(active))
     states, nbrs, obs, _, _ = _executable(_block, static, args)(*args)
     for r in range(n_replicas):
         reason = _instability(obs, r, t_max)
@@ -468,7 +470,7 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
     bar = tqdm(sizes, desc=f"MD {config.ensemble}", unit="block", disable=not progress)
     for n_steps in bar:
         while True:
-            args = (physics, states, nbrs, params, jnp.int32(n_steps), jnp.asarray(active))
+            args = (physics, states, nbrs, params, jnp.int32(n_steps), jnp.asarray(False), jnp.asarray(active))
             run_block = _executable(_block, static, args)
             tic = time.perf_counter()
             new_states, new_nbrs, obs, stable, overflow = jax.block_until_ready(run_block(*args))

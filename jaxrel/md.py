@@ -214,11 +214,11 @@ def _checked_inputs(potential, positions, species, cell, masses, velocities):
         raise ValueError(f"masses must be {n_atoms} positive finite numbers in amu (one per atom), "
                          f"got {masses.tolist()}")
     if velocities is not None:
-        velocities = np.asarray(velocities, dtype=np.float64)
-        velocities = velocities[None] if velocities.ndim == 2 else velocities
+        given = np.asarray(velocities, dtype=np.float64)
+        velocities = given[None] if given.ndim == 2 else given
         if velocities.shape != pos.shape or not np.isfinite(velocities).all():
-            raise ValueError(f"velocities must be finite with the shape of positions {pos.shape}, "
-                             f"in Å/fs; got shape {velocities.shape}")
+            raise ValueError(f"velocities must be finite and shaped like the positions, "
+                             f"{np.shape(positions)}, in Å/fs; got shape {given.shape}")
     return pos, species.astype(np.int32), cell, masses, velocities
 
 
@@ -411,7 +411,8 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
 
     Args:
         potential, params: the model (e.g. from :func:`jaxrel.train.load_checkpoint`); MD
-            runs in its dtype (float64 needs ``jax_enable_x64``).
+            runs in its dtype (float64 needs ``jax_enable_x64``). Any hashable object with
+            ``config``, ``check_species`` and ``energy(params, graph)`` works.
         positions: (n_atoms, 3) or (R, n_atoms, 3) float, Å.
         species: (n_atoms,) int atomic numbers (CG bead ids with explicit ``masses``).
         cell: (3, 3) float, Å, rows are the periodic cell vectors (at least twice the cutoff

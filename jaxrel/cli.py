@@ -1,4 +1,4 @@
-"""Command line: ``jaxrel train | evaluate | explain | report | generate | quickstart``.
+"""Command line: ``jaxrel train | evaluate | explain | report | md | generate | quickstart``.
 
 Units everywhere: lengths Å, energies eV, forces eV/Å, temperatures K, times fs.
 """
@@ -398,6 +398,8 @@ def _md(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     # jax_md's neighbour lists scatter int64 into int32 arrays; harmless, and not the user's doing.
     warnings.filterwarnings("ignore", message="scatter inputs have incompatible types", category=FutureWarning)
+    # jax_md asks for float64 sums in float32 runs; jax truncates them to float32 as intended.
+    warnings.filterwarnings("ignore", message="Explicitly requested dtype float64", category=UserWarning)
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)

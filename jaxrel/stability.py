@@ -26,10 +26,10 @@ import numpy as np
 from ase.data import chemical_symbols, covalent_radii
 
 from jaxrel.graph import cell_heights
+from jaxrel.md import ENSEMBLES
 
-ENSEMBLES = ("nve", "nvt-nh", "nvt-langevin")
-# Distances computed per chunk of frames in the histogram helper (bounds memory to ~100 MB).
-_DISTANCES_PER_CHUNK = 4_000_000
+# Distances per chunk of frames in the histogram helper (≈ 100 MB of float64 temporaries).
+_DISTANCES_PER_CHUNK = 1_000_000
 
 
 def _trajectory_array(positions, name: str = "positions") -> np.ndarray:

@@ -5,10 +5,11 @@
    frames from an independent trajectory; SchNet (32 features, 2 interactions) trained
    for ``--minutes``; the held-out frames explained up to 3-body terms and matched term
    by term with the exact pair and triplet energies (:mod:`jaxrel.recovery`).
-2. Model size: SchNet with (features, interactions) = (8, 1), (32, 2), (64, 3), same data
-   and budget; the model's atomwise energies against the exact local energies (Uhlig,
-   Tovey, Holm 2024, arXiv:2403.00377, found that smaller networks reproduce local
-   energies better).
+2. Model size: SchNet with (features, interactions) = (8, 1), (32, 2), (64, 3), same data,
+   trained for the same wall time (``--minutes``; larger models then see fewer epochs) and
+   for the same number of epochs (``--epochs``); the model's atomwise energies against the
+   exact local energies (Uhlig, Tovey, Holm 2024, arXiv:2403.00377, found that smaller
+   networks reproduce local energies better).
 
 Species energies are zero (isolated noble-gas atoms have zero energy), so the network has
 to represent the whole energy. Results: benchmarks/results/recovery_study_<backend>.json,
@@ -46,12 +47,17 @@ def run(argv: list[str]) -> None:
         raise SystemExit(f"jaxrel {' '.join(argv)} failed")
 
 
-def experiment(work: Path, data: Path, heldout: Path, features: int, interactions: int, minutes: float) -> dict:
-    """Train, explain the held-out frames (up to 3-body where T ≥ 2), report; the run's figures."""
+def experiment(work: Path, data: Path, heldout: Path, features: int, interactions: int,
+               budget: list[str]) -> dict:
+    """Train (``budget``: ["--minutes", m] or ["--epochs", n]), explain the held-out frames
+    (up to 3-body where T ≥ 2) and report. A finished run's result (work/row.json) is reused."""
+    cached = work / "row.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
     start = time.perf_counter()
     run(["train", "--data", str(data), "--test-data", str(heldout), "--model", "schnet",
          "--cutoff", f"{float(np.load(data)['cutoff']):.6f}", "--features", str(features),
-         "--interactions", str(interactions), "--minutes", str(minutes), "--energy-weight", "0.5",
+         "--interactions", str(interactions), *budget, "--energy-weight", "0.5",
          "--forces-weight", "0.5", "--species-energies", "zero", "--quiet", "--out", str(work)])
     order = min(3, interactions + 1)
     run(["explain", "--model", str(work / "model"), "--data", str(heldout), "--order", str(order),
@@ -60,19 +66,21 @@ def experiment(work: Path, data: Path, heldout: Path, features: int, interaction
     figures = work / "explained" / "figures"
     recovery = json.loads((figures / "recovery.json").read_text())
     metrics = json.loads((work / "metrics.json").read_text())
-    return {"features": features, "interactions": interactions, "max_order": order,
-            "test": metrics["test"], "training": metrics["training"],
-            "atomwise_vs_local": recovery["atomwise"],
-            "pairs": recovery["pairs"],
-            "triplets": recovery.get("triplets"), "seconds": round(time.perf_counter() - start, 1)}
+    row = {"features": features, "interactions": interactions, "max_order": order, "budget": budget,
+           "test": metrics["test"], "training": metrics["training"],
+           "atomwise_vs_local": recovery["atomwise"],
+           "pairs": recovery["pairs"],
+           "triplets": recovery.get("triplets"), "seconds": round(time.perf_counter() - start, 1)}
+    cached.write_text(json.dumps(row))
+    return row
 
 
-def plot_sizes(rows: list[dict], path: Path) -> None:
+def plot_sizes(arms: dict[str, list[dict]], path: Path) -> None:
     fig = Figure(figsize=(5.2, 3.8))
     ax = fig.add_subplot()
-    labels = [f"F{r['features']}×T{r['interactions']}" for r in rows]
-    ax.plot(labels, [r["atomwise_vs_local"]["pearson_r"] for r in rows], "o-", label="Pearson r")
-    ax.plot(labels, [r["atomwise_vs_local"]["r2"] for r in rows], "s-", label="R²")
+    for marker, (arm, rows) in zip("os", arms.items()):
+        labels = [f"F{r['features']}×T{r['interactions']}" for r in rows]
+        ax.plot(labels, [r["atomwise_vs_local"]["r2"] for r in rows], marker + "-", label=f"R², {arm}")
     ax.set_xlabel("SchNet size (features × interactions)")
     ax.set_ylabel("atomwise vs exact local energies")
     ax.legend()
@@ -82,6 +90,7 @@ def plot_sizes(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=4.0, help="training minutes per model")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per model in the equal-epochs arm")
     parser.add_argument("--out", default=str(ROOT / "runs" / "recovery_study"))
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
@@ -100,23 +109,23 @@ def main() -> None:
               "command": f"python benchmarks/recovery_study.py --minutes {args.minutes}",
               "system": "liquid Ar, 64 atoms, 94.4 K, LJ + ATM (lj_atm) or LJ only (lj_only); "
                         "200 training frames, 8 held-out frames from an independent trajectory",
-              "recovery": {}, "model_size": []}
+              "recovery": {}, "model_size": {f"{args.minutes} min each": [], f"{args.epochs} epochs each": []}}
     for name in ("lj_atm", "lj_only"):
-        row = experiment(work / f"{name}_F32_T2", data[name, "train"], data[name, "heldout"], 32, 2, args.minutes)
+        row = experiment(work / f"{name}_F32_T2", data[name, "train"], data[name, "heldout"], 32, 2,
+                         ["--minutes", str(args.minutes)])
         result["recovery"][name] = row
         for png in (work / f"{name}_F32_T2" / "explained" / "figures").glob("recovery_*.png"):
             shutil.copy(png, figures / f"{name}_{png.name}")
         shutil.copy(work / f"{name}_F32_T2" / "explained" / "figures" / "pair_curves.png",
                     figures / f"{name}_pair_curves.png")
         print(json.dumps({name: {k: row[k] for k in ("test", "atomwise_vs_local")}}, indent=1), flush=True)
-    for features, interactions in SIZES:
-        if (features, interactions) == (32, 2):
-            row = result["recovery"]["lj_atm"]
-        else:
-            row = experiment(work / f"lj_atm_F{features}_T{interactions}", data["lj_atm", "train"],
-                             data["lj_atm", "heldout"], features, interactions, args.minutes)
-        result["model_size"].append(row)
-        print(json.dumps({f"F{features}xT{interactions}": row["atomwise_vs_local"]}), flush=True)
+    for arm, budget, tag in ((f"{args.minutes} min each", ["--minutes", str(args.minutes)], ""),
+                             (f"{args.epochs} epochs each", ["--epochs", str(args.epochs)], f"_{args.epochs}ep")):
+        for features, interactions in SIZES:
+            row = experiment(work / f"lj_atm_F{features}_T{interactions}{tag}", data["lj_atm", "train"],
+                             data["lj_atm", "heldout"], features, interactions, budget)
+            result["model_size"][arm].append(row)
+            print(json.dumps({f"{arm}: F{features}xT{interactions}": row["atomwise_vs_local"]}), flush=True)
     plot_sizes(result["model_size"], figures / "model_size_atomwise.png")
     path = results / f"recovery_study_{result['machine']['backend']}.json"
     path.write_text(json.dumps(result, indent=2))

@@ -11,14 +11,16 @@ ran 300 ps); ``--replicas`` starting frames (every 250th frame of the rMD17 test
 run vmapped in one simulation with Maxwell–Boltzmann velocities (seed = replica index);
 the reference data are the 2000 rMD17 frames (train_01 + test_01), themselves sampled from
 the 500 K MD17 trajectory. The driver also stops a replica on non-finite forces or a
-temperature above 5000 K.
+temperature above 5000 K. A diagnostic outside Fu et al.'s protocol records, per
+replica, the non-bonded pair that came closest relative to its minimum in the reference
+(bond criteria miss e.g. two hydrogens collapsing onto each other).
 
     python benchmarks/md_stability.py [--time 50] [--replicas 4] [--models schnet painn]
 
 Needs the trained models runs/bench_{schnet,painn}_ethanol/model (made by
 ``python benchmarks/train_rmd17.py --minutes 30``) and rMD17 under $JAXREL_DATA (default
 ../shared/data). Writes benchmarks/results/md_stability_ethanol_<backend>.json and, per
-model, the thermo log (CSV) and replica-0 trajectory (extended XYZ) under runs/.
+model, the thermo log (CSV) and each replica's trajectory (extended XYZ) under runs/.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 
 from jaxrel.data import read_frames
 from jaxrel.md import MDConfig, simulate, write_thermo, write_trajectory
-from jaxrel.stability import stability_report
+from jaxrel.stability import bonds_from_reference, stability_report
 from jaxrel.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +62,34 @@ def load_trained(model: str, molecule: str = "ethanol"):
     potential, params, _ = load_checkpoint(run / "model")
     metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
     return potential, params, metrics
+
+
+def closest_nonbonded_approach(positions, time_ps, reference, species, collapse=0.8) -> dict:
+    """The non-bonded atom pair that came closest relative to its reference minimum.
+
+    A diagnostic beyond Fu et al.'s bond criterion, which only watches bonded pairs:
+    ratio r_ij / min_ref r_ij over the frames, minimised over non-bonded pairs (bonds as in
+    :func:`jaxrel.stability.bonds_from_reference`), and the first time any ratio fell
+    below ``collapse``.
+
+    Args:
+        positions: (n_frames, n_atoms, 3) Å of one replica; time_ps: (n_frames,) ps;
+        reference: (n_ref, n_atoms, 3) Å; species: (n_atoms,) atomic numbers.
+    """
+    bonds, _ = bonds_from_reference(reference, species)
+    i, j = np.triu_indices(len(species), k=1)
+    keep = ~np.isin(i * len(species) + j, bonds[:, 0] * len(species) + bonds[:, 1])
+    i, j = i[keep], j[keep]
+    floor = np.linalg.norm(reference[:, j] - reference[:, i], axis=-1).min(axis=0)
+    ratio = np.linalg.norm(positions[:, j] - positions[:, i], axis=-1) / floor
+    frame, pair = np.unravel_index(np.argmin(ratio), ratio.shape)
+    below = np.flatnonzero((ratio < collapse).any(axis=1))
+    return {"atoms": [int(i[pair]), int(j[pair])],
+            "species": [int(species[i[pair]]), int(species[j[pair]])],
+            "distance_A": float(ratio[frame, pair] * floor[pair]),
+            "reference_minimum_A": float(floor[pair]), "time_ps": float(time_ps[frame]),
+            f"first_time_below_{collapse}_of_reference_minimum_ps":
+                float(time_ps[below[0]]) if below.size else None}
 
 
 def main() -> None:
@@ -124,8 +154,12 @@ def main() -> None:
         run = ROOT / "runs" / f"md_stability_{model}_ethanol"
         run.mkdir(parents=True, exist_ok=True)
         write_thermo(traj, run / "thermo.csv")
-        write_trajectory(traj, run / "replica0.extxyz")
+        for r in range(args.replicas):
+            write_trajectory(traj, run / f"replica{r}.extxyz", replica=r)
         stable = traj.stable_frames(0)
+        closest = [closest_nonbonded_approach(traj.positions[r, traj.stable_frames(r)],
+                                              traj.time_ps[traj.stable_frames(r)], reference,
+                                              test.species) for r in range(args.replicas)]
         result["models"][model] = {
             "checkpoint": f"runs/bench_{model}_ethanol/model",
             "test_forces_mae_meV_per_A": metrics.get("test", {}).get("forces_mae_meV_per_A"),
@@ -135,6 +169,7 @@ def main() -> None:
             "mean_temperature_K_replica0": float(traj.temperature_K[0, stable].mean()),
             "n_neighbour_reallocations": traj.n_reallocations,
             "load_average_1min_before_after": [load_before, load],
+            "closest_nonbonded_approach_per_replica": closest,
         }
         print(f"{model}: stable={report['stable']} t_unstable={report['time_to_instability_ps']} ps "
               f"h(r) MAE={report['hr_mae']} {report['steps_per_second']:.0f} steps/s "

@@ -382,10 +382,11 @@ def stability_report(traj, reference_positions, species, cell=None, *, molecule:
         ``time_to_instability_ps`` (earliest over replicas, or None), ``hr_mae`` (mean over
         replicas, dimensionless, or None), ``rdf_error`` (mean over replicas, Å, or None),
         ``energy_drift_meV_per_atom_per_ps`` (mean over replicas, or None),
-        ``steps_per_second`` (the driver's; None if it is NaN), ``simulated_time_ps``, and ``replicas``: one dict per replica
-        with ``time_to_instability_ps``, ``instability`` ("driver", "bond",
-        "non-finite positions" or None), ``stop_reason``, ``n_frames_used``, ``hr_mae``,
-        ``rdf_error`` (per pair), ``energy_drift_meV_per_atom_per_ps``.
+        ``steps_per_second`` (the driver's; None if it is NaN), ``simulated_time_ps``,
+        and ``replicas``: one dict per replica with ``time_to_instability_ps``,
+        ``instability`` ("driver", "bond", "non-finite positions" or None),
+        ``stop_reason``, ``n_frames_used``, ``hr_mae``, ``rdf_error`` (per pair),
+        ``energy_drift_meV_per_atom_per_ps``.
 
     Raises:
         ValueError: an empty trajectory, shapes that do not match, an unknown ensemble,

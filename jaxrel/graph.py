@@ -23,6 +23,7 @@ Edges are directed: every pair within the cutoff appears twice, (i ← j) and (j
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -112,18 +113,58 @@ def cell_heights(cell: np.ndarray) -> np.ndarray:
                      for k in range(3)])
 
 
-def _neighbor_fn(cutoff: float, cell: np.ndarray | None, extent: float):
-    """A jax_md sparse neighbour-list function for free space or a periodic cell."""
-    sparse = partition.NeighborListFormat.Sparse
+@functools.lru_cache(maxsize=16)
+def neighbor_list_fn(cutoff: float, cell: tuple | None = None, capacity_multiplier: float = 1.25,
+                     dtype: str = "float64"):
+    """``(shift_fn, neighbor_fn)``: JAX MD free or periodic space and a sparse neighbour list.
+
+    One function serves graph building, MD and the ASE calculator; it is cached per
+    argument set, so repeated calls reuse the functions and their compilations. Periodic
+    positions stay Cartesian and unwrapped (``periodic_general`` with
+    ``fractional_coordinates=False, wrapped=False``), as :func:`edge_vectors` expects;
+    JAX MD's box columns are the cell vectors, so the box is the cell transposed. There is
+    no cell list (the O(n²) search is exact and fast for the system sizes of this
+    library), so a free-space list needs no box.
+
+    Args:
+        cutoff: Å.
+        cell: the periodic cell as a tuple of three row tuples (Å), or None.
+        capacity_multiplier: JAX MD's edge-capacity headroom at allocation (≥ 1).
+        dtype: float dtype name of the box.
+    """
     if cell is None:
-        displacement, _ = space.free()
-        return partition.neighbor_list(displacement, box=extent, r_cutoff=cutoff,
-                                       disable_cell_list=True, format=sparse)
-    box = jnp.asarray(np.asarray(cell).T)
-    displacement, _ = space.periodic_general(box, fractional_coordinates=False)
-    return partition.neighbor_list(displacement, box, r_cutoff=cutoff,
-                                   fractional_coordinates=False, format=sparse,
-                                   disable_cell_list=True)
+        displacement, shift = space.free()
+        box = 1.0
+    else:
+        box = jnp.asarray(cell, dtype).T
+        displacement, shift = space.periodic_general(box, fractional_coordinates=False, wrapped=False)
+    neighbor_fn = partition.neighbor_list(
+        displacement, box, r_cutoff=cutoff, capacity_multiplier=capacity_multiplier,
+        disable_cell_list=True, format=partition.NeighborListFormat.Sparse)
+    return shift, neighbor_fn
+
+
+def cell_key(cell) -> tuple | None:
+    """A hashable (3 × 3 tuple) form of a cell for :func:`neighbor_list_fn`; None stays None."""
+    return None if cell is None else tuple(map(tuple, np.asarray(cell, np.float64).tolist()))
+
+
+def graph_from_neighbors(positions: jax.Array, species: jax.Array, idx: jax.Array,
+                         cell: jax.Array | None = None) -> Graph:
+    """One frame's :class:`Graph` from a JAX MD sparse neighbour index (jit-safe).
+
+    Args:
+        positions: (n_atoms, 3) Å.
+        species: (n_atoms,) int atomic numbers.
+        idx: (2, capacity) int, ``neighbor.idx``: receivers = idx[0], senders = idx[1];
+            padding entries hold n_atoms and become masked edges.
+        cell: (3, 3) Å rows, or None.
+    """
+    n_atoms = species.shape[0]
+    edge_mask = idx[0] < n_atoms
+    return Graph(positions=positions, species=species, senders=jnp.where(edge_mask, idx[1], 0),
+                 receivers=jnp.where(edge_mask, idx[0], 0), node_mask=jnp.ones(n_atoms, bool),
+                 edge_mask=edge_mask, cell=cell)
 
 
 def check_positions(positions: np.ndarray, species: np.ndarray | None = None,
@@ -248,8 +289,7 @@ def _pairs(pos: np.ndarray, cutoff: float, cells: np.ndarray | None):
     if cells is not None and not np.allclose(cells, cells[0]):  # one neighbour function per cell
         per_frame = [_pairs(pos[f:f + 1], cutoff, cells[f:f + 1]) for f in range(n_frames)]
         return [p[0][0] for p in per_frame], [p[1][0] for p in per_frame]
-    extent = float(np.ptp(pos, axis=(0, 1)).max() + 2 * cutoff) if n_real else 1.0
-    nf = _neighbor_fn(cutoff, None if cells is None else cells[0], extent)
+    _, nf = neighbor_list_fn(cutoff, cell_key(None if cells is None else cells[0]))
     nbr = nf.allocate(jnp.asarray(pos[0]))
     while True:
         batch = jax.vmap(nbr.update)(jnp.asarray(pos))

@@ -33,7 +33,6 @@ are in eV fs²/Å² (:data:`AMU`), so that F = m a holds with forces in eV/Å.
 from __future__ import annotations
 
 import csv
-import functools
 import math
 import time
 from dataclasses import dataclass
@@ -44,10 +43,10 @@ import ase.units
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax_md import partition, simulate as jmd, space
+from jax_md import simulate as jmd
 from tqdm import tqdm
 
-from jaxrel.graph import Graph, cell_heights, check_positions
+from jaxrel.graph import cell_heights, cell_key, check_positions, graph_from_neighbors, neighbor_list_fn
 
 AMU = ase.units._amu * 1e10 / ase.units._e
 """1 amu in eV fs²/Å² (≈ 103.6427): amu · (Å/fs)² = _amu kg · (1e5 m/s)² = _amu · 1e10 J."""
@@ -231,28 +230,6 @@ def _model_dtype(potential):
     return dtype
 
 
-@functools.lru_cache(maxsize=16)
-def _space(cell: tuple | None, cutoff: float, capacity_multiplier: float, dtype: str):
-    """``(shift_fn, neighbor_fn)``: JAX MD free or periodic space and a sparse neighbour list.
-
-    Cached per argument set, so repeated runs reuse the functions and their compilations.
-    Periodic positions stay Cartesian and unwrapped (``periodic_general`` with
-    ``fractional_coordinates=False, wrapped=False``), as :func:`jaxrel.graph.edge_vectors`
-    expects; the box is the cell (a tuple of rows) transposed, since JAX MD's box columns
-    are the cell vectors. Without a cell list the box of a free-space list is unused.
-    """
-    if cell is None:
-        displacement, shift = space.free()
-        box = 1.0
-    else:
-        box = jnp.asarray(cell, dtype).T
-        displacement, shift = space.periodic_general(box, fractional_coordinates=False, wrapped=False)
-    neighbor_fn = partition.neighbor_list(
-        displacement, box, r_cutoff=cutoff, capacity_multiplier=capacity_multiplier, disable_cell_list=True,
-        format=partition.NeighborListFormat.Sparse)
-    return shift, neighbor_fn
-
-
 @jax.jit
 def _update_all(nbrs, positions):
     """``nbrs`` (one list) updated on every replica's positions (R, n_atoms, 3)."""
@@ -272,14 +249,9 @@ def _energy_fn(potential, physics: dict):
     """``energy_fn(position, neighbor, params)``: the model's energy (eV) of one replica on the
     graph of ``neighbor`` updated at ``position`` (receivers = idx[0], senders = idx[1])."""
     species, cell = physics["species"], physics["cell"]
-    n_atoms = species.shape[0]
 
     def energy_fn(position, neighbor, params):
-        idx = neighbor.update(position).idx
-        edge_mask = idx[0] < n_atoms
-        graph = Graph(positions=position, species=species, senders=jnp.where(edge_mask, idx[1], 0),
-                      receivers=jnp.where(edge_mask, idx[0], 0),
-                      node_mask=jnp.ones(n_atoms, bool), edge_mask=edge_mask, cell=cell)
+        graph = graph_from_neighbors(position, species, neighbor.update(position).idx, cell)
         return potential.energy(params, graph)
 
     return energy_fn
@@ -437,8 +409,8 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
     pos, species, cell, masses_amu, vel = _checked_inputs(potential, positions, species, cell,
                                                           masses, velocities)
     n_replicas, n_atoms = pos.shape[:2]
-    shift, neighbor_fn = _space(None if cell is None else tuple(map(tuple, cell.tolist())),
-                                potential.config.cutoff, config.capacity_multiplier, dtype.name)
+    shift, neighbor_fn = neighbor_list_fn(potential.config.cutoff, cell_key(cell),
+                                          config.capacity_multiplier, dtype.name)
     t_max = config.temperature_limit_K
     scalars = {"dt": config.dt_fs, "kT": KB * config.temperature_K, "t_max": t_max,
                "gamma": config.friction_per_ps / 1000.0, "tau": config.tau_fs}

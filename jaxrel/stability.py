@@ -141,6 +141,50 @@ def time_to_bond_instability(positions, time_ps, pairs, reference_lengths,
     return float(time_ps[broken[0]]) if broken.size else None
 
 
+def time_to_collapse(positions, time_ps, reference_positions, species,
+                     fraction: float = 0.7) -> float | None:
+    """First time at which two atoms come closer than ``fraction`` × the shortest distance
+    between atoms of their species pair anywhere in the reference data (free space).
+
+    jaxrel's addition to Fu et al.'s bond criterion (arXiv:2210.07237): a molecule can
+    fall into a spurious minimum while every bond stays within 0.5 Å of its length, e.g.
+    two hydrogens of one carbon collapsing to 0.5 Å (seen with PaiNN on ethanol at 500 K).
+    Non-finite distances also count.
+
+    Args:
+        positions: (n_frames, n_atoms, 3) float, Å, one replica.
+        time_ps: (n_frames,) float, ps.
+        reference_positions: (n_ref_frames, n_atoms, 3) float, Å.
+        species: (n_atoms,) int atomic numbers.
+        fraction: dimensionless, in (0, 1].
+
+    Returns:
+        ``time_ps`` of the first collapsed frame, or None.
+
+    Raises:
+        ValueError: shapes that do not match, or ``fraction`` outside (0, 1].
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction is {fraction}; pass a number in (0, 1]")
+    frames = _trajectory_array(positions)
+    reference = _trajectory_array(reference_positions, "reference_positions")
+    time_ps = _time_array(time_ps, frames.shape[0])
+    n_atoms = frames.shape[1]
+    if reference.shape[1] != n_atoms:
+        raise ValueError(f"reference_positions hold {reference.shape[1]} atoms but positions "
+                         f"hold {n_atoms}; pass frames of the same molecule")
+    species = _species_array(species, n_atoms)
+    pairs = np.stack(np.triu_indices(n_atoms, k=1), axis=1)
+    if not len(pairs):
+        return None
+    z = np.sort(species[pairs], axis=1)
+    _, kind = np.unique(z, axis=0, return_inverse=True)
+    shortest = np.full(kind.max() + 1, np.inf)
+    np.minimum.at(shortest, kind.ravel(), _bond_lengths(reference, pairs).min(axis=0))
+    collapsed = np.flatnonzero(~(_bond_lengths(frames, pairs) >= fraction * shortest[kind.ravel()]).all(axis=1))
+    return float(time_ps[collapsed[0]]) if collapsed.size else None
+
+
 def _check_bins(r_max: float, n_bins: int) -> np.ndarray:
     if not (r_max > 0 and n_bins >= 1):
         raise ValueError(f"r_max={r_max} Å and n_bins={n_bins}; both must be positive")
@@ -356,8 +400,9 @@ def stability_report(traj, reference_positions, species, cell=None, *, molecule:
     Per replica the instability time is the earliest of (a) the driver's
     ``unstable_time_ps`` (NaN where it ran to the end), (b) for molecules the bond
     criterion of :func:`time_to_bond_instability` with bonds and mean lengths from
-    ``reference_positions`` (Fu et al. 2023, arXiv:2210.07237, Δ = 0.5 Å), and (c) the
-    first frame with non-finite positions. h(r) error (molecules), RDF error (periodic
+    ``reference_positions`` (Fu et al. 2023, arXiv:2210.07237, Δ = 0.5 Å), (c) for
+    molecules the atom collapse of :func:`time_to_collapse` (jaxrel's addition), and (d)
+    the first frame with non-finite positions. h(r) error (molecules), RDF error (periodic
     systems, mean over species pairs) and, for ``ensemble="nve"``, the energy drift are
     computed from the frames strictly before that time (None when there are none, or
     fewer than two for the drift).
@@ -384,7 +429,7 @@ def stability_report(traj, reference_positions, species, cell=None, *, molecule:
         ``energy_drift_meV_per_atom_per_ps`` (mean over replicas, or None),
         ``steps_per_second`` (the driver's; None if it is NaN), ``simulated_time_ps``,
         and ``replicas``: one dict per replica with ``time_to_instability_ps``,
-        ``instability`` ("driver", "bond", "non-finite positions" or None),
+        ``instability`` ("driver", "bond", "collapse", "non-finite positions" or None),
         ``stop_reason``, ``n_frames_used``, ``hr_mae``, ``rdf_error`` (per pair),
         ``energy_drift_meV_per_atom_per_ps``.
 
@@ -424,6 +469,7 @@ def stability_report(traj, reference_positions, species, cell=None, *, molecule:
         candidates = {"driver": _finite_or_none(driver_times[r])}
         if molecule:
             candidates["bond"] = time_to_bond_instability(positions[r], time_ps, pairs, lengths)
+            candidates["collapse"] = time_to_collapse(positions[r], time_ps, reference, species)
         non_finite = np.flatnonzero(~np.isfinite(positions[r]).all(axis=(1, 2)))
         candidates["non-finite positions"] = float(time_ps[non_finite[0]]) if non_finite.size else None
         found = {k: t for k, t in candidates.items() if t is not None}

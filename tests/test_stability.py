@@ -8,7 +8,8 @@ import pytest
 from ase.build import molecule
 
 from jaxrel.stability import (bonds_from_reference, distance_distribution, energy_drift, hr_mae,
-                              rdf, rdf_error, stability_report, time_to_bond_instability)
+                              rdf, rdf_error, stability_report, time_to_bond_instability,
+                              time_to_collapse)
 
 DT_PS = 0.05
 
@@ -222,3 +223,21 @@ def test_report_rejects_empty_trajectories_mismatched_atoms_and_unknown_ensemble
     with pytest.raises(ValueError, match="time_ps has shape"):
         stability_report(fake_trajectory(frames[None], np.arange(3.0), [np.nan]), frames,
                          species, molecule=True, ensemble="nve")
+
+
+def test_two_hydrogens_falling_onto_each_other_collapse_while_every_bond_holds():
+    """PaiNN's ethanol failure: two H of one carbon at 0.5 Å, each C–H bond within 0.5 Å."""
+    frames, species = ethanol_frames()
+    pairs, lengths = bonds_from_reference(frames, species)
+    time_ps = DT_PS * np.arange(len(frames))
+    carbon = next(int(a) for a in range(len(species)) if species[a] == 6 and
+                  sum(species[b] == 1 for p in pairs if a in p for b in p if b != a) == 3)
+    h1, h2 = [int(b) for p in pairs if carbon in p for b in p if b != carbon and species[b] == 1][:2]
+    collapsed = frames.copy()
+    midpoint = 0.5 * (frames[:, h1] + frames[:, h2])
+    for h in (h1, h2):
+        collapsed[12:, h] = midpoint[12:] + 0.25 * (frames[12:, h] - midpoint[12:]) / np.linalg.norm(
+            frames[12:, h] - midpoint[12:], axis=-1, keepdims=True)
+    assert time_to_bond_instability(collapsed, time_ps, pairs, lengths) is None
+    assert time_to_collapse(collapsed, time_ps, frames, species) == pytest.approx(12 * DT_PS)
+    assert time_to_collapse(frames, time_ps, frames, species) is None

@@ -115,7 +115,7 @@ def cell_heights(cell: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def neighbor_list_fn(cutoff: float, cell: tuple | None = None, capacity_multiplier: float = 1.25,
-                     dtype: str = "float64"):
+                     dtype: str | None = None):
     """``(shift_fn, neighbor_fn)``: JAX MD free or periodic space and a sparse neighbour list.
 
     One function serves graph building, MD and the ASE calculator; it is cached per
@@ -130,7 +130,7 @@ def neighbor_list_fn(cutoff: float, cell: tuple | None = None, capacity_multipli
         cutoff: Å.
         cell: the periodic cell as a tuple of three row tuples (Å), or None.
         capacity_multiplier: JAX MD's edge-capacity headroom at allocation (≥ 1).
-        dtype: float dtype name of the box.
+        dtype: float dtype name of the box (None: JAX's default float).
     """
     if cell is None:
         displacement, shift = space.free()

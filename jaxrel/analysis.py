@@ -616,7 +616,7 @@ def plot_pair_curves(curves: dict, path, *, rdf: dict | None = None, reference: 
 
 
 def plot_triplet_profiles(profiles: dict, path, *, xlabel: str = "angle at the centre atom (deg)",
-                          names: dict[int, str] | None = None) -> Path:
+                          names: dict[int, str] | None = None, reference: dict | None = None) -> Path:
     """Mean 3-body relevance ± standard error per species triplet.
 
     Args:
@@ -624,6 +624,8 @@ def plot_triplet_profiles(profiles: dict, path, *, xlabel: str = "angle at the c
         path: PNG to write.
         xlabel: x-axis label (say "shortest side (Å)" for distance profiles).
         names: species labels {Z: label}.
+        reference: optional {triplet: (x, mean energy eV)}, e.g. the exact 3-body energies
+            of the same triplets, dashed.
 
     Returns:
         ``path`` as a Path.
@@ -636,6 +638,8 @@ def plot_triplet_profiles(profiles: dict, path, *, xlabel: str = "angle at the c
         x, mean, sem = x[shown], p["mean"][shown], p["sem"][shown]
         ax.plot(x, mean, "o-", ms=3, color=_colour(i), label=species_label(key, names))
         ax.fill_between(x, mean - sem, mean + sem, color=_colour(i), alpha=0.25, lw=0)
+        if reference and key in reference:
+            ax.plot(*reference[key], "--", color=_colour(i), label=f"{species_label(key, names)} reference")
     ax.axhline(0.0, color="0.6", lw=0.8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("mean 3-body relevance R₃ (eV)")

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from jaxrel.analysis import (Explained, _jsonable, _save, atomwise_comparison, pair_relevance_curve,
-                             plot_atomwise, plot_pair_curves)
+                             plot_atomwise, plot_pair_curves, plot_triplet_profiles, triplet_angle_profile)
 
 GROUND_TRUTH_KEYS = ("species", "coords", "local_energies", "pair_frame", "pair_atoms",
                      "pair_distance", "pair_energy", "triplet_frame", "triplet_atoms",
@@ -121,7 +121,9 @@ def compare_with_ground_truth(explained: Explained, truth: Mapping,
         (``n, mae_eV, pearson_r, r2, slope, rmse, recovered_sum_eV, exact_sum_eV``) and
         per-frame totals ``recovered_total_eV``, ``exact_total_eV``, ``missed_exact_eV``;
         ``pair_curves`` (:func:`jaxrel.analysis.pair_relevance_curve`) and
-        ``exact_pair_potential`` {pair: (r, φ)}; ``atomwise`` statistics when
+        ``exact_pair_potential`` {pair: (r, φ)}; ``triplet_angle_profiles``
+        {"recovered", "exact"} (:func:`jaxrel.analysis.triplet_angle_profile` of R₃ and of the
+        exact energies of the same triplets) when there are 3-body terms; ``atomwise`` statistics when
         ``atomwise_energy`` is given; ``three_body_in_truth``; and the raw matched
         arrays under ``_arrays`` for plotting (dropped by :func:`write_recovery`'s JSON).
 
@@ -154,6 +156,10 @@ def compare_with_ground_truth(explained: Explained, truth: Mapping,
         triplets = _terms(explained.tables[3], frames, truth["triplet_frame"], truth["triplet_atoms"],
                           truth["triplet_energy"], n_atoms)
         arrays["triplets"] = triplets
+        table3 = explained.tables[3]
+        result["triplet_angle_profiles"] = {
+            "recovered": triplet_angle_profile(table3),
+            "exact": triplet_angle_profile({**table3, "relevance": triplets["exact"]})}
         result["triplets"] = _stats(triplets["recovered"], triplets["exact"]) | {
             k + "_eV": triplets[k].tolist() for k in ("recovered_total", "exact_total")} | {
             "missed_exact_eV": triplets["missed_exact_eV"].tolist()}
@@ -180,7 +186,8 @@ def write_recovery(result: dict, out_dir, *, label: str = "") -> dict:
 
     Writes ``recovery_pair_curves.png`` (recovered mean R₂(r) ± s.e.m. with the exact
     pair potential dashed), ``recovery_pairs.png`` and ``recovery_triplets.png`` (term by
-    term scatter), ``recovery_three_body_totals.png`` (per frame Σ R₃ vs Σ E_ATM, when
+    term scatter), ``recovery_triplet_angles.png`` (mean R₃ and mean exact ATM energy of the
+    same triplets against the angle at the centre atom), ``recovery_three_body_totals.png`` (per frame Σ R₃ vs Σ E_ATM, when
     there are at least two frames), ``recovery_atomwise.png`` (model E_i vs exact local
     energies) and ``recovery.json``.
 
@@ -200,6 +207,11 @@ def write_recovery(result: dict, out_dir, *, label: str = "") -> dict:
         t = arrays["triplets"]
         figures["recovery_triplets"] = _scatter(t["recovered"], t["exact"], out / "recovery_triplets.png",
                                                 "exact ATM triplet energy (eV)", "3-body relevance R₃(i, j, k) (eV)")
+        profiles = result["triplet_angle_profiles"]
+        exact = {key: (p["angle_center"][p["count"] > 0], p["mean"][p["count"] > 0])
+                 for key, p in profiles["exact"].items()}
+        figures["recovery_triplet_angles"] = plot_triplet_profiles(
+            profiles["recovered"], out / "recovery_triplet_angles.png", reference=exact)
         if len(t["exact_total"]) >= 2:
             figures["recovery_three_body_totals"] = _scatter(
                 t["recovered_total"], t["exact_total"], out / "recovery_three_body_totals.png",

@@ -40,6 +40,9 @@ FIGURE_CAPTIONS = {
     "recovery_pairs": "Every pair: its 2-body relevance against its exact pair energy.",
     "recovery_triplets": "Every triplet: its 3-body relevance against its exact Axilrod–Teller–Muto "
                          "energy (0 for triplets that are not a triangle inside the cutoff).",
+    "recovery_triplet_angles": "Mean 3-body relevance (points, ± s.e.m.) and mean exact "
+                               "Axilrod–Teller–Muto energy (dashed) of the same triplets against the "
+                               "angle at the centre atom.",
     "recovery_three_body_totals": "Per frame: Σ of the 3-body relevance against the exact 3-body energy.",
     "recovery_atomwise": "The model's atomwise energies E_i against the exact local energies "
                          "(½ Σ own pairs + ⅓ Σ own triplets; Uhlig, Tovey, Holm 2024, arXiv:2403.00377).",

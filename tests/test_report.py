@@ -55,7 +55,7 @@ def test_report_of_a_ground_truth_run_has_every_figure_and_the_recovery(truth, t
     report = tmp_path / "page" / "report.html"
     page = check_page(report)
     for figure in ("body_order_shares", "pair_curves", "decay", "triplet_angles", "triplet_distances",
-                   "recovery_pair_curves", "recovery_pairs", "recovery_triplets",
+                   "recovery_pair_curves", "recovery_pairs", "recovery_triplets", "recovery_triplet_angles",
                    "recovery_three_body_totals", "recovery_atomwise"):
         png = tmp_path / "page" / "figures" / f"{figure}.png"
         assert png.read_bytes().startswith(PNG), figure
@@ -84,13 +84,28 @@ def test_report_of_a_missing_folder_is_a_one_line_error(tmp_path, capsys):
 def exact_explained(truth_path, frames, scale=1.0) -> Explained:
     """An explained run whose 2- and 3-body terms are ``scale`` × the exact terms."""
     t = np.load(truth_path)
+    cell = np.asarray(t["cell"])
+
+    def vector(frame, a, b):
+        d = t["coords"][frame, b] - t["coords"][frame, a]
+        frac = d @ np.linalg.inv(cell)
+        return (frac - np.round(frac)) @ cell
+
     tables = {}
     for n, key in ((2, "pair"), (3, "triplet")):
         rows = np.isin(t[f"{key}_frame"], frames)
-        atoms = t[f"{key}_atoms"][rows]
-        tables[n] = {"frame": t[f"{key}_frame"][rows], "atoms": atoms, "species": t["species"][atoms],
+        atoms, frame = t[f"{key}_atoms"][rows], t[f"{key}_frame"][rows]
+        sides = [(0, 1), (0, 2), (1, 2)] if n == 3 else [(0, 1)]
+        tables[n] = {"frame": frame, "atoms": atoms, "species": t["species"][atoms],
                      "relevance": scale * t[f"{key}_energy"][rows],
-                     "distances": (t["pair_distance"][rows][:, None] if n == 2 else np.zeros((rows.sum(), 3)))}
+                     "distances": np.stack([np.linalg.norm(vector(frame, atoms[:, a], atoms[:, b]), axis=1)
+                                            for a, b in sides], axis=1)}
+        if n == 3:
+            tables[3]["angles"] = np.stack([np.degrees(np.arccos(np.clip(np.sum(
+                u * v, 1) / np.linalg.norm(u, axis=1) / np.linalg.norm(v, axis=1), -1, 1)))
+                for c in range(3)
+                for u, v in [(vector(frame, atoms[:, c], atoms[:, (c + 1) % 3]),
+                              vector(frame, atoms[:, c], atoms[:, (c + 2) % 3]))]], axis=1)
     return Explained(tables=tables, summary={}, positions=t["coords"][frames], species=t["species"],
                      cell=np.broadcast_to(t["cell"], (len(frames), 3, 3)), frame_index=np.asarray(frames))
 
@@ -105,6 +120,10 @@ def test_recovery_of_the_exact_terms_is_perfect(truth, tmp_path):
         np.testing.assert_allclose(result[name]["recovered_total_eV"], result[name]["exact_total_eV"])
         assert result[name]["missed_exact_eV"] == [0.0, 0.0]
     assert result["atomwise"]["r2"] == pytest.approx(1.0)
+    profiles = result["triplet_angle_profiles"]
+    assert profiles["exact"] and profiles["exact"].keys() == profiles["recovered"].keys()
+    for key, exact in profiles["exact"].items():
+        np.testing.assert_allclose(profiles["recovered"][key]["mean"], exact["mean"], rtol=1e-12)
     written = write_recovery(result, tmp_path)
     assert all((tmp_path / f).stat().st_size > 0 for f in written["figures"].values())
 

@@ -104,8 +104,9 @@ def _shares_table(shares: dict) -> str:
 
 def _strength_table(strength: dict, names) -> str:
     rows = [[species_label(tuple(int(z) for z in key.split("-")), names), s["count"],
-             s["mean_abs_eV"] * 1e3, s["decay_length_A"]] for key, s in sorted(strength.items())]
-    return _table(["species pair", "terms", "mean |R₂| (meV)", "decay length (Å)"], rows)
+             s["mean_abs_eV"] * 1e3, s["decay_length_A"], s["n_fit_bins"]] for key, s in sorted(strength.items())]
+    return _table(["species pair", "terms", "mean |R₂| (meV)", "decay length (Å)",
+                   "distance bins in the fit (a decay length from 2–3 bins is rough)"], rows)
 
 
 def _recovery_section(recovery: dict, figures: Path, written: dict) -> str:

@@ -713,17 +713,23 @@ def plot_atomwise(predicted: np.ndarray, reference: np.ndarray, path, *, xlabel:
 
     Returns:
         ``path`` as a Path.
+    A constant side (e.g. the exact 3-body energies of a null test, all 0) has no
+    correlation; the legend then gives n and the MAE only.
+
     Raises:
-        ValueError: as :func:`atomwise_comparison`.
+        ValueError: as :func:`atomwise_comparison`, except for a constant side.
     """
-    stats = atomwise_comparison(predicted, reference)
     x, y = np.ravel(reference), np.ravel(predicted)
+    if x.shape == y.shape and len(x) >= 2 and (np.ptp(x) == 0 or np.ptp(y) == 0):
+        label = f"n = {len(x)}, MAE = {np.mean(np.abs(y - x)):.3g} eV (one side constant)"
+    else:
+        stats = atomwise_comparison(predicted, reference)
+        label = (f"n = {stats['n']}, r = {stats['pearson_r']:.3f}, R² = {stats['r2']:.3f}\n"
+                 f"MAE = {stats['mae']:.3g} eV, RMSE = {stats['rmse']:.3g} eV\n"
+                 f"fit y = {stats['slope']:.3f} x + {stats['intercept']:.3g} eV")
     fig = Figure(figsize=(4.8, 4.6))
     ax = fig.add_subplot()
-    ax.plot(x, y, ".", ms=3, alpha=0.6,
-            label=f"n = {stats['n']}, r = {stats['pearson_r']:.3f}, R² = {stats['r2']:.3f}\n"
-                  f"MAE = {stats['mae']:.3g} eV, RMSE = {stats['rmse']:.3g} eV\n"
-                  f"fit y = {stats['slope']:.3f} x + {stats['intercept']:.3g} eV")
+    ax.plot(x, y, ".", ms=3, alpha=0.6, label=label)
     lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
     ax.set_xlabel(xlabel)

@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxrel.analysis import (Explained, _jsonable, _save, atomwise_comparison, pair_relevance_curve,
+from jaxrel.analysis import (Explained, _jsonable, atomwise_comparison, pair_relevance_curve,
                              plot_atomwise, plot_pair_curves, plot_triplet_profiles, triplet_angle_profile)
 
 GROUND_TRUTH_KEYS = ("species", "coords", "local_energies", "pair_frame", "pair_atoms",
@@ -201,21 +201,23 @@ def write_recovery(result: dict, out_dir, *, label: str = "") -> dict:
         result["pair_curves"], out / "recovery_pair_curves.png", reference=result["exact_pair_potential"],
         title=f"recovered 2-body relevance vs exact pair potential {label}".strip())}
     pairs = arrays["pairs"]
-    figures["recovery_pairs"] = _scatter(pairs["recovered"], pairs["exact"], out / "recovery_pairs.png",
-                                         "exact pair energy φ(r_ij) (eV)", "2-body relevance R₂(i, j) (eV)")
+    figures["recovery_pairs"] = plot_atomwise(pairs["recovered"], pairs["exact"], out / "recovery_pairs.png",
+                                              xlabel="exact pair energy φ(r_ij) (eV)",
+                                              ylabel="2-body relevance R₂(i, j) (eV)")
     if "triplets" in arrays:
         t = arrays["triplets"]
-        figures["recovery_triplets"] = _scatter(t["recovered"], t["exact"], out / "recovery_triplets.png",
-                                                "exact ATM triplet energy (eV)", "3-body relevance R₃(i, j, k) (eV)")
+        figures["recovery_triplets"] = plot_atomwise(t["recovered"], t["exact"], out / "recovery_triplets.png",
+                                                     xlabel="exact ATM triplet energy (eV)",
+                                                     ylabel="3-body relevance R₃(i, j, k) (eV)")
         profiles = result["triplet_angle_profiles"]
         exact = {key: (p["angle_center"][p["count"] > 0], p["mean"][p["count"] > 0])
                  for key, p in profiles["exact"].items()}
         figures["recovery_triplet_angles"] = plot_triplet_profiles(
             profiles["recovered"], out / "recovery_triplet_angles.png", reference=exact)
         if len(t["exact_total"]) >= 2:
-            figures["recovery_three_body_totals"] = _scatter(
+            figures["recovery_three_body_totals"] = plot_atomwise(
                 t["recovered_total"], t["exact_total"], out / "recovery_three_body_totals.png",
-                "exact 3-body energy per frame (eV)", "Σ R₃ per frame (eV)")
+                xlabel="exact 3-body energy per frame (eV)", ylabel="Σ R₃ per frame (eV)")
     if "atomwise" in arrays:
         a = arrays["atomwise"]
         figures["recovery_atomwise"] = plot_atomwise(a["predicted"], a["exact"], out / "recovery_atomwise.png",
@@ -224,22 +226,6 @@ def write_recovery(result: dict, out_dir, *, label: str = "") -> dict:
     public = {k: v for k, v in result.items() if k != "_arrays"}
     (out / "recovery.json").write_text(_json_dumps(public))
     return {"figures": {k: Path(v).name for k, v in figures.items()}, "json": "recovery.json"}
-
-
-def _scatter(recovered, exact, path, xlabel, ylabel) -> Path:
-    """A term-by-term scatter; a constant exact side (null test: all 0) still plots."""
-    if np.ptp(exact) == 0 or np.ptp(recovered) == 0:
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(4.8, 4.6))
-        ax = fig.add_subplot()
-        ax.plot(exact, recovered, ".", ms=3, alpha=0.6,
-                label=f"n = {len(exact)}, mean |R − exact| = {np.mean(np.abs(recovered - exact)):.3g} eV")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=8)
-        return _save(fig, path)
-    return plot_atomwise(recovered, exact, path, xlabel=xlabel, ylabel=ylabel)
 
 
 def _json_dumps(value) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxrel.analysis import (atomwise_comparison, atomwise_relevance, body_order_shares, interaction_strength,
-                             load_explained, pair_relevance_curve, radial_distribution, rdf_label,
+                             load_explained, pair_relevance_curve, plot_atomwise, radial_distribution, rdf_label,
                              triplet_angle_profile, triplet_distance_profile, write_analysis)
 
 
@@ -350,3 +350,11 @@ def test_write_analysis_reads_a_real_jaxrel_explain_folder(tmp_path):
             == pytest.approx(1.0)
         assert atomwise_relevance(explained.tables, 3, frame["frame"]).sum() == pytest.approx(
             frame["sum_relevance_eV"], abs=1e-10)
+
+
+def test_plot_atomwise_draws_a_constant_reference_and_still_rejects_bad_shapes(tmp_path):
+    """A null test's exact 3-body energies are all 0: no correlation, but a figure."""
+    path = plot_atomwise(np.linspace(-1e-3, 1e-3, 7), np.zeros(7), tmp_path / "null.png", xlabel="x", ylabel="y")
+    assert path.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="shape"):
+        plot_atomwise(np.zeros(3), np.zeros(4), tmp_path / "bad.png", xlabel="x", ylabel="y")

@@ -1,7 +1,7 @@
 """Explain the rMD17 models of benchmarks/train_rmd17.py and build their reports.
 
-For each model (SchNet, PaiNN) and rule (GI, LRP-γ) runs ``jaxrel explain`` on every
-10th frame of the test file (100 frames, up to 3-body terms) and ``jaxrel report``, and
+For each model (SchNet, PaiNN) and rule (GI, LRP-γ) runs :func:`jaxrel.explain` on every
+10th frame of the test file (100 frames, up to 3-body terms) and builds its report, and
 records the body-order shares, the interaction strength and decay length per element
 pair, the strongest pair terms at bonded distance, and the time per frame in
 benchmarks/results/explain_rmd17_<molecule>_<backend>.json. The pair-curve and decay
@@ -27,8 +27,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_rmd17 import machine  # noqa: E402
 
-from jaxrel.analysis import load_explained  # noqa: E402
-from jaxrel.cli import main as jaxrel  # noqa: E402
+from jaxrel import explain  # noqa: E402
+from jaxrel.analysis import build_report  # noqa: E402
+from jaxrel.checkpoint import load_checkpoint  # noqa: E402
+from jaxrel.cli import _frame_range  # noqa: E402
 from jaxrel.data.readers import read_frames  # noqa: E402
 from jaxrel.stability import bonds_from_reference  # noqa: E402
 
@@ -59,26 +61,27 @@ def main() -> None:
                              f"'python benchmarks/train_rmd17.py --models {model} --molecule {args.molecule}'")
         for rule in args.rules:
             out = ROOT / "runs" / f"explain_{args.molecule}_{model}_{rule}"
-            for argv in (["explain", "--model", str(model_dir), "--data", str(data), "--frames", args.frames,
-                          "--rule", rule, "--quiet", "--out", str(out)],
-                         ["report", "--explained", str(out)]):
-                if jaxrel(argv) != 0:
-                    raise SystemExit(f"jaxrel {' '.join(argv)} failed")
-            analysis = json.loads((out / "figures" / "analysis.json").read_text())
-            table = load_explained(out).tables[2]
-            bonded = np.isin(table["atoms"][:, 0] * n_atoms + table["atoms"][:, 1], bond_codes)
-            magnitude = np.abs(table["relevance"])
-            summary = json.loads((out / "summary.json").read_text())["frames"]
+            potential, params, _ = load_checkpoint(model_dir)
+            index = _frame_range(args.frames, len(frames))
+            explanation = explain(potential, params, frames.select(np.array(index)), max_order=3, rules=rule,
+                                  frame_index=index, model_path=model_dir, data_path=data)
+            explanation.save(out)
+            analysis = build_report(explanation, out)["analysis"]
+            table = explanation.tables[2]
+            bonded = np.isin(table.atoms[:, 0] * n_atoms + table.atoms[:, 1], bond_codes)
+            magnitude = np.abs(table.relevance)
+            shares = analysis["body_order_shares"]
             result["runs"][f"{model}/{rule}"] = {
-                "abs_share": {k: v["pooled"] for k, v in analysis["body_order_shares"]["abs_share"].items()},
-                "energy_share": {k: v["pooled"] for k, v in analysis["body_order_shares"]["energy_share"].items()},
+                "abs_share": {k: v.pooled for k, v in shares.abs_share.items()},
+                "energy_share": {k: v.pooled for k, v in shares.energy_share.items()},
                 "mean_abs_R2_bonded_eV": float(magnitude[bonded].mean()),
                 "mean_abs_R2_non_bonded_eV": float(magnitude[~bonded].mean()),
-                "interaction_strength": {k: {"mean_abs_eV": v["mean_abs_eV"], "decay_length_A": v["decay_length_A"],
-                                             "n_fit_bins": v["n_fit_bins"]}
+                "interaction_strength": {"-".join(map(str, k)): {"mean_abs_eV": v.mean_abs_eV,
+                                                                 "decay_length_A": v.decay_length_A,
+                                                                 "n_fit_bins": v.n_fit_bins}
                                          for k, v in analysis["interaction_strength"].items()},
-                "max_abs_conservation_error_eV": analysis["body_order_shares"]["conservation_error_eV"]["max_abs"],
-                "mean_seconds_per_frame": float(np.mean([f["seconds"] for f in summary]))}
+                "max_abs_conservation_error_eV": float(np.abs(explanation.conservation_error).max()),
+                "mean_seconds_per_frame": float(np.mean(explanation.seconds))}
             for name in ("pair_curves", "decay"):
                 shutil.copy(out / "figures" / f"{name}.png", figures / f"{args.molecule}_{model}_{rule}_{name}.png")
             print(json.dumps({f"{model}/{rule}": result["runs"][f"{model}/{rule}"]["abs_share"]}), flush=True)

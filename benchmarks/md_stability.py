@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxrel.checkpoint import load_checkpoint
 from jaxrel.data import read_frames
 from jaxrel.md import MDConfig, simulate, write_thermo, write_trajectory
 from jaxrel.stability import bonds_from_reference, stability_report
-from jaxrel.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@
    Lennard-Jones + Axilrod–Teller–Muto (or LJ only), 200 training frames and 8 held-out
    frames from an independent trajectory; SchNet (32 features, 2 interactions) trained
    for ``--minutes``; the held-out frames explained up to 3-body terms and matched term
-   by term with the exact pair and triplet energies (:mod:`jaxrel.recovery`).
+   by term with the exact pair and triplet energies (:mod:`jaxrel.analysis.recovery`).
 2. Model size: SchNet with (features, interactions) = (8, 1), (32, 2), (64, 3), same data,
    trained for the same wall time (``--minutes``; larger models then see fewer epochs) and
    for the same number of epochs (``--epochs``); the model's atomwise energies against the
@@ -36,36 +36,35 @@ from matplotlib.figure import Figure  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_rmd17 import machine  # noqa: E402
 
-from jaxrel.cli import main as jaxrel  # noqa: E402
+from jaxrel import explain  # noqa: E402
+from jaxrel.analysis import build_report  # noqa: E402
+from jaxrel.analysis.write import jsonable  # noqa: E402
+from jaxrel.checkpoint import load_checkpoint  # noqa: E402
+from jaxrel.data import read_frames  # noqa: E402
+from jaxrel.data.noble_gas import generate_noble_gas, save_noble_gas  # noqa: E402
+from jaxrel.train import train_potential  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(8, 1), (32, 2), (64, 3)]
 
 
-def run(argv: list[str]) -> None:
-    if jaxrel(argv) != 0:
-        raise SystemExit(f"jaxrel {' '.join(argv)} failed")
-
-
 def experiment(work: Path, data: Path, heldout: Path, features: int, interactions: int,
-               budget: list[str]) -> dict:
-    """Train (``budget``: ["--minutes", m] or ["--epochs", n]), explain the held-out frames
+               budget: dict) -> dict:
+    """Train (``budget``: {"minutes": m} or {"epochs": n}), explain the held-out frames
     (up to 3-body where T ≥ 2) and report. A finished run's result (work/row.json) is reused."""
     cached = work / "row.json"
     if cached.exists():
         return json.loads(cached.read_text())
     start = time.perf_counter()
-    run(["train", "--data", str(data), "--test-data", str(heldout), "--model", "schnet",
-         "--cutoff", f"{float(np.load(data)['cutoff']):.6f}", "--features", str(features),
-         "--interactions", str(interactions), *budget, "--energy-weight", "0.5",
-         "--forces-weight", "0.5", "--species-energies", "zero", "--quiet", "--out", str(work)])
+    metrics = train_potential(data, work, test_data=heldout, model="schnet", cutoff=float(np.load(data)["cutoff"]),
+                              n_features=features, n_interactions=interactions, energy_weight=0.5,
+                              forces_weight=0.5, species_energies="zero", progress=False, **budget)
     order = min(3, interactions + 1)
-    run(["explain", "--model", str(work / "model"), "--data", str(heldout), "--order", str(order),
-         "--quiet", "--out", str(work / "explained")])
-    run(["report", "--explained", str(work / "explained")])
-    figures = work / "explained" / "figures"
-    recovery = json.loads((figures / "recovery.json").read_text())
-    metrics = json.loads((work / "metrics.json").read_text())
+    potential, params, _ = load_checkpoint(work / "model")
+    explanation = explain(potential, params, read_frames(heldout), max_order=order, model_path=work / "model",
+                          data_path=heldout)
+    explanation.save(work / "explained")
+    recovery = jsonable(build_report(explanation, work / "explained")["recovery"].summary())
     row = {"features": features, "interactions": interactions, "max_order": order, "budget": budget,
            "test": metrics["test"], "training": metrics["training"],
            "atomwise_vs_local": recovery["atomwise"],
@@ -98,12 +97,12 @@ def main() -> None:
     figures = results / "recovery_study"
     figures.mkdir(parents=True, exist_ok=True)
     data = {}
-    for name, flag in (("lj_atm", []), ("lj_only", ["--no-three-body"])):
+    for name, three_body in (("lj_atm", True), ("lj_only", False)):
         for split, frames, seed in (("train", 200, 0), ("heldout", 8, 1)):
             path = work / f"argon_{name}_{split}.npz"
             if not path.exists():
-                run(["generate", "noble-gas", "--species", "Ar", "--atoms", "64", "--frames", str(frames),
-                     "--seed", str(seed), "--quiet", *flag, "--out", str(path)])
+                save_noble_gas(generate_noble_gas("Ar", n_atoms=64, n_frames=frames, seed=seed,
+                                                  three_body=three_body), path)
             data[name, split] = path
     result = {"machine": machine(), "minutes_per_model": args.minutes,
               "command": f"python benchmarks/recovery_study.py --minutes {args.minutes}",
@@ -112,15 +111,15 @@ def main() -> None:
               "recovery": {}, "model_size": {f"{args.minutes} min each": [], f"{args.epochs} epochs each": []}}
     for name in ("lj_atm", "lj_only"):
         row = experiment(work / f"{name}_F32_T2", data[name, "train"], data[name, "heldout"], 32, 2,
-                         ["--minutes", str(args.minutes)])
+                         {"minutes": args.minutes})
         result["recovery"][name] = row
         for png in (work / f"{name}_F32_T2" / "explained" / "figures").glob("recovery_*.png"):
             shutil.copy(png, figures / f"{name}_{png.name}")
         shutil.copy(work / f"{name}_F32_T2" / "explained" / "figures" / "pair_curves.png",
                     figures / f"{name}_pair_curves.png")
         print(json.dumps({name: {k: row[k] for k in ("test", "atomwise_vs_local")}}, indent=1), flush=True)
-    for arm, budget, tag in ((f"{args.minutes} min each", ["--minutes", str(args.minutes)], ""),
-                             (f"{args.epochs} epochs each", ["--epochs", str(args.epochs)], f"_{args.epochs}ep")):
+    for arm, budget, tag in ((f"{args.minutes} min each", {"minutes": args.minutes}, ""),
+                             (f"{args.epochs} epochs each", {"epochs": args.epochs}, f"_{args.epochs}ep")):
         for features, interactions in SIZES:
             row = experiment(work / f"lj_atm_F{features}_T{interactions}{tag}", data["lj_atm", "train"],
                              data["lj_atm", "heldout"], features, interactions, budget)

@@ -34,9 +34,9 @@ import numpy as np
 
 from jaxrel.graph import build_graphs
 from jaxrel.models import ModelConfig, Potential
+from jaxrel.nn import RULES
 from jaxrel.relevance import enumerate_walks, nbody_decomposition, top_k_walks, walk_relevance
 from jaxrel.relevance.backward import masked_relevance
-from jaxrel.relevance.rules import RULES
 
 ROOT = Path(__file__).resolve().parents[1]
 BOX = np.array([20.768, 20.41, 17.969])
@@ -100,13 +100,21 @@ def main() -> None:
 
     # Naive: one masked forward + backward per walk, as the published reference code does.
     h_in = potential.embedding(params, graph)
+    layers, energy_readout = potential.layer_functions(params, graph, "gi")
+
+    def masked(h, mask):  # h ← m ⊙ h + (1 − m) ⊙ sg(h) (Schnake et al. 2022)
+        return jax.tree.map(lambda x: mask.reshape(mask.shape + (1,) * (x.ndim - 1)) * x
+                            + (1 - mask.reshape(mask.shape + (1,) * (x.ndim - 1))) * jax.lax.stop_gradient(x), h)
 
     @jax.jit
     def one_walk(walk):
         masks = jnp.zeros((4, graph.n_atoms), h_in.dtype).at[jnp.arange(4), walk].set(1.0)
 
         def energy(h):
-            return potential.atomwise_energy_from_embedding(params, h, graph, "gi", masks).sum()
+            h = masked(h, masks[0])
+            for t, layer in enumerate(layers):
+                h = masked(layer(h), masks[t + 1])
+            return energy_readout(h).sum()
 
         return jnp.sum(h_in[walk[0]] * jax.grad(energy)(h_in)[walk[0]])
 

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
-from jaxrel.graph import cell_heights, cell_key, check_positions, graph_from_neighbors, neighbor_list_fn
+from jaxrel.geometry import check_cell
+from jaxrel.graph import cell_key, check_positions, graph_from_neighbors, neighbor_list_fn
 from jaxrel.models import Potential
 
 
@@ -23,11 +24,11 @@ class JaxrelCalculator(Calculator):
     """ASE calculator wrapping a :class:`~jaxrel.models.Potential` and its params.
 
     Args:
-        potential, params: the model (e.g. from :func:`jaxrel.train.load_checkpoint`).
+        potential, params: the model (e.g. from :func:`jaxrel.checkpoint.load_checkpoint`).
 
     Raises (at calculation):
         ValueError: partly periodic cells, unknown species, non-finite positions or atoms
-            closer than 0.1 Å, or a cell narrower than twice the cutoff.
+            closer than 0.1 Å, or a degenerate cell or one narrower than twice the cutoff.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -44,7 +45,7 @@ class JaxrelCalculator(Calculator):
     @classmethod
     def from_checkpoint(cls, directory: str | Path, **kwargs) -> "JaxrelCalculator":
         """A calculator for a model folder written by ``jaxrel train`` (OUT/model)."""
-        from jaxrel.train import load_checkpoint
+        from jaxrel.checkpoint import load_checkpoint
 
         potential, params, _ = load_checkpoint(directory)
         return cls(potential, params, **kwargs)
@@ -62,9 +63,9 @@ class JaxrelCalculator(Calculator):
         one list update and one model evaluation.
         """
         config = self.potential.config
-        if cell is not None and cell_heights(cell).min() < 2 * config.cutoff:
-            raise ValueError(f"the periodic cell is {cell_heights(cell).min():.3g} Å wide, less than twice "
-                             f"the {config.cutoff} Å cutoff; replicate the cell (ase's Atoms.repeat)")
+        if cell is not None:
+            check_cell(cell, config.cutoff, whose="the model's",
+                       fix="replicate the cell (ase's Atoms.repeat)")
         check_positions(positions, numbers, min_distance=0.1, cell=cell)
         dtype = jnp.dtype(config.dtype)
         pos = jnp.asarray(positions, dtype)

@@ -14,68 +14,25 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_RUN_DIR = "runs/quickstart"
+from jaxrel.quickstart import DEFAULT_RUN_DIR
 
 
 def _train(args) -> dict:
-    from jaxrel.data import Dataset, fit_species_energies, read_frames, split_frames
-    from jaxrel.models import ModelConfig, Potential
-    from jaxrel.train import TrainConfig, evaluate, labelled_graphs, save_checkpoint, train
+    from jaxrel.train import train_potential
 
-    frames = read_frames(args.data)
-    n = len(frames)
-    n_val = args.validation if args.validation is not None else max(1, round(0.05 * n))
-    if args.test_data:
-        test_frames = read_frames(args.test_data)
-        n_train = args.train if args.train is not None else n - n_val
-        split = split_frames(n, n_train, n_val, 0, seed=args.seed)
-    else:
-        n_train = args.train if args.train is not None else round(0.8 * n)
-        split = split_frames(n, n_train, n_val, None, seed=args.seed)
-        test_frames = frames.select(split.test)
-    if len(split.train) == 0 or len(split.validation) == 0 or len(test_frames) == 0:
-        raise ValueError(f"{args.data} has {n} frames: too few for non-empty train ({len(split.train)}), "
-                         f"validation ({len(split.validation)}) and test ({len(test_frames)}) sets; "
-                         "give more frames, --test-data, or smaller --train/--validation")
-    fit = frames.energies is not None and args.species_energies == "fit"
-    dataset = Dataset(frames, split, fit_species_energies(frames, split.train) if fit else {})
-    train_frames, val_frames = dataset.subset("train"), dataset.subset("validation")
-    species_energies = dataset.species_energies
-    if train_frames.forces is not None:
-        scale = float(np.sqrt(np.mean(train_frames.forces ** 2)))
-    else:
-        residual = train_frames.energies - sum(species_energies.get(int(z), 0.0) for z in frames.species)
-        scale = float(np.std(residual) / np.sqrt(len(frames.species)))
-    species = sorted(set(frames.species.tolist()) | set(test_frames.species.tolist()))
-    config = ModelConfig(args.model, tuple(species), cutoff=args.cutoff, n_features=args.features,
-                         n_interactions=args.interactions, n_rbf=args.rbf, dtype=args.dtype)
-    potential, params = Potential.create(config, species_energies, max(scale, 1e-3), seed=args.seed)
-    train_cfg = TrainConfig(epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
-                            learning_rate=args.lr, energy_weight=args.energy_weight,
-                            forces_weight=args.forces_weight, seed=args.seed)
-    data = {name: labelled_graphs(f, args.cutoff, args.dtype)
-            for name, f in (("train", train_frames), ("validation", val_frames), ("test", test_frames))}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    best, history = train(potential, params, data["train"], data["validation"], train_cfg,
-                          checkpoint_dir=out / "model", progress=not args.quiet)
-    metrics = {name: evaluate(potential, best, *data[name]) for name in ("validation", "test")}
-    metrics["training"] = {k: history[k] for k in ("seconds", "epochs", "steps", "best_epoch",
-                                                   "frames_per_second")}
-    metrics["n_frames"] = {"train": len(train_frames), "validation": len(val_frames),
-                           "test": len(test_frames)}
-    run = {"command": sys.argv, "data": str(args.data), "test_data": args.test_data,
-           "model": config.to_dict(), "training": vars(args) | {"func": None},
-           "species_energies_eV": {str(k): v for k, v in species_energies.items()},
-           "energy_scale_eV": scale, "history": history}
-    save_checkpoint(out / "model", potential, best, metadata={"run": run, "metrics": metrics})
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return train_potential(args.data, args.out, test_data=args.test_data, model=args.model, cutoff=args.cutoff,
+                           n_features=args.features, n_interactions=args.interactions, n_rbf=args.rbf,
+                           dtype=args.dtype, epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
+                           learning_rate=args.lr, energy_weight=args.energy_weight,
+                           forces_weight=args.forces_weight, species_energies=args.species_energies,
+                           n_train=args.train, n_validation=args.validation, seed=args.seed,
+                           progress=not args.quiet)
 
 
 def _evaluate(args) -> dict:
+    from jaxrel.checkpoint import load_checkpoint
     from jaxrel.data import read_frames
-    from jaxrel.train import evaluate, labelled_graphs, load_checkpoint
+    from jaxrel.train import evaluate, labelled_graphs
 
     potential, params, _ = load_checkpoint(args.model)
     frames = read_frames(args.data)
@@ -100,53 +57,20 @@ def _frame_range(spec: str | None, n_frames: int) -> list[int]:
 
 
 def _explain(args) -> dict:
+    from jaxrel.checkpoint import load_checkpoint
     from jaxrel.data import read_frames
-    from jaxrel.graph import build_graphs
-    from jaxrel.relevance import RuleSet, nbody_decomposition_frames, save_nbody
-    from jaxrel.train import load_checkpoint
+    from jaxrel.nn import RuleSet
+    from jaxrel.relevance import explain
 
     potential, params, _ = load_checkpoint(args.model)
     frames = read_frames(args.data)
     index = _frame_range(args.frames, len(frames))
-    selected = frames.select(np.array(index))
-    potential.check_species(selected.species)
-    graph = build_graphs(selected.positions, selected.species, potential.config.cutoff,
-                         cell=selected.cell).astype(potential.config.dtype)
-    rules = RuleSet(args.rule, epsilon=args.epsilon, gamma=args.gamma)
-    shifts = dict(zip(potential.config.species, np.asarray(params["shifts"][...], np.float64)))
-    shift_total = float(sum(shifts[int(z)] for z in selected.species))
-    results = nbody_decomposition_frames(potential, params, graph, args.order, rules,
-                                         progress=not args.quiet)
-    summary = []
-    for f, nb in zip(index, results):
-        summary.append({
-            "frame": f, "energy_eV": nb.energy, "sum_relevance_eV": nb.total,
-            "species_shift_eV": shift_total,
-            "conservation_error_eV": nb.energy - shift_total - nb.total,
-            "higher_order_residual_eV": nb.residual,
-            "body_order_totals_eV": {str(n): v for n, v in nb.order_totals.items()},
-            "n_terms": {str(n): int(len(t.atoms)) for n, t in nb.orders.items()},
-            "seconds": nb.seconds})
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    geometry = {"positions": np.asarray(selected.positions), "species": np.asarray(selected.species),
-                "frame_index": np.asarray(index)}
-    if selected.cell is not None:
-        geometry["cell"] = np.broadcast_to(np.asarray(selected.cell), (len(index), 3, 3))
-    save_nbody(results, out / "nbody.npz", index, extra=geometry)
-    report = {"model": str(args.model), "data": str(args.data), "rule": args.rule,
-              "epsilon": args.epsilon, "gamma": args.gamma, "max_order": args.order,
-              "units": {"energy": "eV", "distance": "Å", "angle": "degree"},
-              "notes": {"sum_relevance_eV": "Σ of all walk relevances = unmasked gradient × input",
-                        "conservation_error_eV": "energy − species shifts − Σ relevance: relevance "
-                                                 "absorbed by biases and rule stabilisers",
-                        "higher_order_residual_eV": "Σ relevance − Σ listed n-body terms: terms of "
-                                                    "body order above --order"},
-              "frames": summary}
-    (out / "summary.json").write_text(json.dumps(report, indent=2))
-    return {"out": str(out), "frames": len(index),
-            "mean_seconds_per_frame": float(np.mean([s["seconds"] for s in summary])),
-            "max_abs_conservation_error_eV": float(max(abs(s["conservation_error_eV"]) for s in summary))}
+    explanation = explain(potential, params, frames.select(np.array(index)), max_order=args.order,
+                          rules=RuleSet(args.rule, epsilon=args.epsilon, gamma=args.gamma), frame_index=index,
+                          model_path=args.model, data_path=args.data, progress=not args.quiet)
+    out = explanation.save(args.out)
+    return {"out": str(out), "frames": len(index), "mean_seconds_per_frame": float(np.mean(explanation.seconds)),
+            "max_abs_conservation_error_eV": float(np.abs(explanation.conservation_error).max())}
 
 
 def _generate(args) -> dict:
@@ -165,87 +89,17 @@ def _generate(args) -> dict:
 
 
 def _report(args) -> dict:
-    from jaxrel.report import build_report
+    from jaxrel.analysis import build_report
 
-    result = build_report(args.explained, args.out, model_dir=args.model, data_path=args.data)
+    result = build_report(args.explained, args.out, data_path=args.data)
     return {"report": str(result["report"]), "figures": len(result["figures"]),
             "recovery": result["recovery"] is not None}
 
 
-def _stage(k: int, text: str) -> None:
-    print(f"[{k}/5] {text}", flush=True)
-
-
 def _quickstart(args) -> dict:
-    """Generate argon, train SchNet, explain held-out frames, compare with the exact physics."""
-    from jaxrel.report import build_report
+    from jaxrel.quickstart import run_quickstart
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seconds = {}
-    clock = time.perf_counter()
-    train_path, heldout_path = out / "argon.npz", out / "argon_heldout.npz"
-    _stage(1, f"generating liquid argon (Lennard-Jones + Axilrod–Teller–Muto, exact n-body terms): "
-              f"{args.frames} training frames → {train_path}, {args.explain_frames} held-out frames → {heldout_path}")
-    for path, n_frames, seed in ((train_path, args.frames, 0), (heldout_path, args.explain_frames, 1)):
-        data = _generate(argparse.Namespace(species="Ar", atoms=64, frames=n_frames, seed=seed, temperature=None,
-                                            cutoff=None, no_three_body=False, quiet=False, out=path))
-    cutoff = data["cutoff_A"]
-    seconds["generate"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    _stage(2, f"training SchNet (32 features, 2 interactions, cutoff {cutoff:.2f} Å as the physics, "
-              f"zero species energies as for isolated noble-gas atoms) for {args.minutes} min")
-    metrics = _train(argparse.Namespace(
-        data=str(train_path), test_data=str(heldout_path), model="schnet", cutoff=cutoff, features=32,
-        interactions=2, rbf=20, dtype="float32", epochs=None, minutes=args.minutes, batch_size=8,
-        lr=1e-3, energy_weight=0.5, forces_weight=0.5, seed=0, train=None, validation=None,
-        species_energies="zero", quiet=False, out=str(out)))
-    seconds["train"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    _stage(3, f"explaining the {args.explain_frames} held-out frames up to 3-body terms (GNN-LRP, GI rule)")
-    explained = _explain(argparse.Namespace(
-        model=str(out / "model"), data=str(heldout_path), frames=None, order=3, rule="gi", epsilon=0.01,
-        gamma=0.25, quiet=False, out=str(out / "explained")))
-    seconds["explain"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    _stage(4, "analysing the relevance and comparing it with the exact pair, triplet and local energies")
-    test = metrics["test"]
-    notes = [f"Liquid argon, 64 atoms, Lennard-Jones + Axilrod–Teller–Muto. SchNet trained for {args.minutes} "
-             f"min on {metrics['n_frames']['train']} frames; held-out test errors: energy MAE "
-             f"{test['energy_mae_meV'] / 64:.3f} meV/atom, force MAE {test['forces_mae_meV_per_A']:.2f} meV/Å "
-             f"(reference force RMS {test['forces_reference_rms_meV_per_A']:.1f} meV/Å)."]
-    report = build_report(out / "explained", out, title="jaxrel quickstart: what SchNet learned about liquid argon",
-                          notes=notes, progress=True)
-    seconds["analyse_and_report"] = time.perf_counter() - clock
-    _stage(5, f"report written: {report['report']}")
-
-    recovery, shares = report["recovery"], report["analysis"]["body_order_shares"]
-    summary_frames = json.loads((out / "explained" / "summary.json").read_text())["frames"]
-    summary = {
-        "report": str(report["report"]), "model": str(out / "model"), "test_errors": test,
-        "explain": explained, "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "conservation_error_eV": [f["conservation_error_eV"] for f in summary_frames],
-        "higher_order_residual_eV": [f["higher_order_residual_eV"] for f in summary_frames],
-        "body_order_energy_share": {n: v["pooled"] for n, v in shares["energy_share"].items()},
-        "recovery": {k: recovery[k] for k in ("pairs", "triplets", "atomwise") if k in recovery}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    pairs, triplets, atomwise = (summary["recovery"].get(k) for k in ("pairs", "triplets", "atomwise"))
-    print(f"test errors: energy {test['energy_mae_meV'] / 64:.3f} meV/atom, forces {test['forces_mae_meV_per_A']:.2f} meV/Å")
-    print(f"2-body terms vs exact LJ pair energies: r = {pairs['pearson_r']:.3f}, MAE {pairs['mae_eV'] * 1e3:.2f} meV; "
-          f"Σ per frame {np.mean(pairs['recovered_total_eV']):.3f} eV (exact {np.mean(pairs['exact_total_eV']):.3f})")
-    if triplets:
-        print(f"3-body total per frame {np.mean(triplets['recovered_total_eV']):.3f} eV "
-              f"(exact ATM {np.mean(triplets['exact_total_eV']):.3f} eV)")
-    if atomwise:
-        print(f"atomwise energies vs exact local energies: r = {atomwise['pearson_r']:.3f}, "
-              f"MAE {atomwise['mae'] * 1e3:.2f} meV")
-    print(f"largest |conservation error| {max(map(abs, summary['conservation_error_eV'])):.3g} eV "
-          f"(relevance absorbed by biases); total {sum(seconds.values()) / 60:.1f} min")
-    print(f"report: {report['report']}  summary: {out / 'summary.json'}")
-    return summary
+    return run_quickstart(args.out, minutes=args.minutes, n_frames=args.frames, explain_frames=args.explain_frames)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,7 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="HTML report with figures of a 'jaxrel explain' folder")
     p.add_argument("--explained", required=True, help="folder written by 'jaxrel explain'")
     p.add_argument("--out", help="folder for report.html and figures/ (default: --explained)")
-    p.add_argument("--model", help="model folder (default: the one recorded by explain)")
     p.add_argument("--data", help="data file (default: the one recorded by explain); a "
                                   "'jaxrel generate noble-gas' file adds the recovery of the exact terms")
     p.set_defaults(func=_report)
@@ -354,10 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _md(args) -> dict:
+    from jaxrel.checkpoint import load_checkpoint
     from jaxrel.data import read_frames
     from jaxrel.md import MDConfig, simulate, write_thermo, write_trajectory
     from jaxrel.stability import stability_report
-    from jaxrel.train import load_checkpoint
 
     potential, params, _ = load_checkpoint(args.model)
     frames = read_frames(args.data)

@@ -31,6 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax_md import partition, space
 
+from jaxrel.geometry import check_cell, minimum_image
+from jaxrel.nn.functional import safe_norm
+
 
 class Graph(NamedTuple):
     positions: jax.Array
@@ -66,17 +69,6 @@ class Graph(NamedTuple):
         return jax.tree.map(lambda x: x[k], self)
 
 
-def safe_norm(x: jax.Array, axis: int = -1, keepdims: bool = False) -> jax.Array:
-    """Euclidean norm whose gradient is 0 (not NaN) at x = 0.
-
-    Uses the double-where form (e3nn-jax, jax-md) so padded and zero-length edges
-    never produce NaN gradients.
-    """
-    sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
-    positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
-
-
 def edge_vectors(graph: Graph) -> jax.Array:
     """Vectors r_ij = x_j − x_i from each receiver i to its sender j.
 
@@ -103,14 +95,6 @@ def edge_lengths(graph: Graph) -> tuple[jax.Array, jax.Array]:
     """
     vec = jnp.where(graph.edge_mask[:, None], edge_vectors(graph), 0.0)
     return vec, safe_norm(vec)
-
-
-def cell_heights(cell: np.ndarray) -> np.ndarray:
-    """Perpendicular widths of a periodic cell (rows are cell vectors), Å."""
-    cell = np.asarray(cell, dtype=np.float64)
-    volume = abs(np.linalg.det(cell))
-    return np.array([volume / np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3]))
-                     for k in range(3)])
 
 
 @functools.lru_cache(maxsize=16)
@@ -190,14 +174,9 @@ def check_positions(positions: np.ndarray, species: np.ndarray | None = None,
                          f"have {pos.shape[1]} atoms; give one species per atom")
     if min_distance is None or pos.shape[1] < 2:
         return
-    inv = None if cell is None else np.linalg.inv(np.asarray(cell, dtype=np.float64))
     iu = np.triu_indices(pos.shape[1], k=1)
     for f in range(pos.shape[0]):
-        d = pos[f][iu[1]] - pos[f][iu[0]]
-        if inv is not None:
-            frac = d @ inv
-            d = (frac - np.round(frac)) @ np.asarray(cell, dtype=np.float64)
-        r = np.linalg.norm(d, axis=-1)
+        r = np.linalg.norm(minimum_image(pos[f][iu[1]] - pos[f][iu[0]], cell), axis=-1)
         k = int(np.argmin(r))
         if r[k] < min_distance:
             raise ValueError(f"frame {f}: atoms {iu[0][k]} and {iu[1][k]} are {r[k]:.3g} Å apart, "
@@ -225,7 +204,8 @@ def build_graphs(positions: np.ndarray, species: np.ndarray, cutoff: float,
 
     Raises:
         ValueError: non-finite positions, atoms closer than ``min_distance``, a cell
-            narrower than twice the cutoff, capacities smaller than needed (the
+            rejected by :func:`jaxrel.geometry.check_cell` (e.g. narrower than twice the
+            cutoff), capacities smaller than needed (the
             message gives the size that fits), or a non-positive cutoff.
     """
     pos = np.asarray(positions, dtype=np.float64)
@@ -239,12 +219,8 @@ def build_graphs(positions: np.ndarray, species: np.ndarray, cutoff: float,
         raise ValueError("no frames given: positions has shape " + str(pos.shape))
     cells = None
     if cell is not None:
-        cells = np.asarray(cell, dtype=np.float64)
+        cells = check_cell(cell, cutoff, per_frame=True)
         cells = np.broadcast_to(cells, (n_frames, 3, 3)) if cells.ndim == 2 else cells
-        h = min(cell_heights(c).min() for c in cells)
-        if h < 2 * cutoff:
-            raise ValueError(f"the periodic cell is {h:.3g} Å wide, less than twice the {cutoff} Å "
-                             "cutoff; use a smaller cutoff or replicate the cell (ase's Atoms.repeat)")
     for f in range(n_frames):
         check_positions(pos[f], species, min_distance, None if cells is None else cells[f])
     n_atoms = n_real if n_atoms is None else n_atoms

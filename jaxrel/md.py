@@ -46,7 +46,8 @@ import numpy as np
 from jax_md import simulate as jmd
 from tqdm import tqdm
 
-from jaxrel.graph import cell_heights, cell_key, check_positions, graph_from_neighbors, neighbor_list_fn
+from jaxrel.geometry import check_cell
+from jaxrel.graph import cell_key, check_positions, graph_from_neighbors, neighbor_list_fn
 
 AMU = ase.units._amu * 1e10 / ase.units._e
 """1 amu in eV fs²/Å² (≈ 103.6427): amu · (Å/fs)² = _amu kg · (1e5 m/s)² = _amu · 1e10 J."""
@@ -191,13 +192,8 @@ def _checked_inputs(potential, positions, species, cell, masses, velocities):
     potential.check_species(species)
     cutoff = potential.config.cutoff
     if cell is not None:
-        cell = np.asarray(cell, dtype=np.float64)
-        if cell.shape != (3, 3) or not np.isfinite(cell).all() or abs(np.linalg.det(cell)) < 1e-9:
-            raise ValueError(f"cell {cell.tolist()} is not a finite, non-degenerate (3, 3) array "
-                             "with the cell vectors as rows, Å; pass one or None for free space")
-        if cell_heights(cell).min() < 2 * cutoff:
-            raise ValueError(f"the cell is {cell_heights(cell).min():.3g} Å wide, less than twice the "
-                             f"model's {cutoff} Å cutoff; replicate it (ase's Atoms.repeat)")
+        cell = check_cell(cell, cutoff, whose="the model's",
+                          fix="replicate the cell (ase's Atoms.repeat)")
     try:
         check_positions(pos, species, cell=cell)
     except ValueError as err:
@@ -382,7 +378,7 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
     reused by later runs of the same model, ensemble, system size and cell.
 
     Args:
-        potential, params: the model (e.g. from :func:`jaxrel.train.load_checkpoint`); MD
+        potential, params: the model (e.g. from :func:`jaxrel.checkpoint.load_checkpoint`); MD
             runs in its dtype (float64 needs ``jax_enable_x64``). Any hashable object with
             ``config``, ``check_species`` and ``energy(params, graph)`` works.
         positions: (n_atoms, 3) or (R, n_atoms, 3) float, Å.

@@ -20,12 +20,10 @@ are converted to float64.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from ase.data import chemical_symbols, covalent_radii
 
-from jaxrel.graph import cell_heights
+from jaxrel.geometry import cell_heights, check_cell, partial_rdf
 from jaxrel.md import ENSEMBLES
 
 # Distances per chunk of frames in the histogram helper (≈ 100 MB of float64 temporaries).
@@ -191,21 +189,14 @@ def _check_bins(r_max: float, n_bins: int) -> np.ndarray:
     return np.linspace(0.0, r_max, n_bins + 1)
 
 
-def _distance_histogram(frames: np.ndarray, i: np.ndarray, j: np.ndarray, edges: np.ndarray,
-                        cell: np.ndarray | None = None) -> np.ndarray:
-    """Histogram (len(edges) - 1,) of |x_j − x_i| over all frames and the index pairs (i, j).
-
-    With a cell (rows are cell vectors) displacements take the minimum image by rounding
-    fractional coordinates, which is exact for every distance below half the smallest cell
-    height (callers guarantee r_max ≤ that).
-    """
+def _distance_histogram(frames: np.ndarray, i: np.ndarray, j: np.ndarray,
+                        edges: np.ndarray) -> np.ndarray:
+    """Histogram (len(edges) - 1,) of free-space |x_j − x_i| over all frames and the index
+    pairs (i, j)."""
     counts = np.zeros(len(edges) - 1, dtype=np.int64)
     chunk = max(1, _DISTANCES_PER_CHUNK // max(len(i), 1))
     for start in range(0, frames.shape[0], chunk):
         d = frames[start:start + chunk, j] - frames[start:start + chunk, i]
-        if cell is not None:
-            fractional = d @ np.linalg.inv(cell)
-            d = (fractional - np.round(fractional)) @ cell
         counts += np.histogram(np.linalg.norm(d, axis=-1), edges)[0]
     return counts
 
@@ -259,18 +250,6 @@ def hr_mae(simulated, reference, r_max: float = 10.0, n_bins: int = 500) -> floa
     return float(np.abs(difference).sum() * r_max / n_bins)
 
 
-def _cell_array(cell, r_max: float) -> np.ndarray:
-    cell = np.asarray(cell, dtype=np.float64)
-    if cell.shape != (3, 3) or not np.isfinite(cell).all() or abs(np.linalg.det(cell)) < 1e-9:
-        raise ValueError(f"cell must be a finite, non-degenerate (3, 3) array of cell vectors "
-                         f"(rows, Å); got shape {cell.shape}")
-    half = cell_heights(cell).min() / 2
-    if r_max > half:
-        raise ValueError(f"r_max={r_max} Å exceeds half the smallest cell height ({half:.3f} Å), "
-                         "where the minimum image is no longer unique; lower r_max")
-    return cell
-
-
 def rdf(positions, cell, species, pair: tuple[int, int], r_max: float = 6.0,
         n_bins: int = 500) -> np.ndarray:
     """Partial radial distribution function g_ab(r) of a periodic system.
@@ -281,6 +260,7 @@ def rdf(positions, cell, species, pair: tuple[int, int], r_max: float = 6.0,
     gives g = 1. Fu et al. 2023 (arXiv:2210.07237, water) use this estimator except that
     for a = b they normalise by N_a² ordered pairs, a factor (N_a − 1)/N_a lower.
     Bin edges: ``np.linspace(0, r_max, n_bins + 1)``; defaults are their water settings.
+    The estimator is :func:`jaxrel.geometry.partial_rdf`.
 
     Args:
         positions: (n_frames, n_atoms, 3) float, Å (wrapped or unwrapped).
@@ -299,24 +279,16 @@ def rdf(positions, cell, species, pair: tuple[int, int], r_max: float = 6.0,
     """
     frames = _trajectory_array(positions)
     species = _species_array(species, frames.shape[1])
-    edges = _check_bins(r_max, n_bins)
-    cell = _cell_array(cell, r_max)
-    a, b = (np.flatnonzero(species == z) for z in pair)
-    if pair[0] == pair[1]:
-        if len(a) < 2:
-            raise ValueError(f"species {pair[0]} has {len(a)} atoms; g(r) of a pair of like "
-                             "atoms needs at least two")
-        u, v = np.triu_indices(len(a), k=1)
-        i, j = a[u], a[v]
-    else:
-        if len(a) == 0 or len(b) == 0:
-            raise ValueError(f"pair {pair} names a species absent from the positions "
-                             f"(present: {sorted(set(species.tolist()))})")
-        i, j = np.repeat(a, len(b)), np.tile(b, len(a))
-    counts = _distance_histogram(frames, i, j, edges, cell)
-    shells = 4.0 * math.pi / 3.0 * np.diff(edges ** 3)
-    density = len(i) / abs(np.linalg.det(cell))
-    return counts / (frames.shape[0] * density * shells)
+    _check_bins(r_max, n_bins)
+    cell = check_cell(cell, r_max=r_max)
+    n_a, n_b = (np.count_nonzero(species == z) for z in pair)
+    if pair[0] == pair[1] and n_a < 2:
+        raise ValueError(f"species {pair[0]} has {n_a} atoms; g(r) of a pair of like "
+                         "atoms needs at least two")
+    if n_a == 0 or n_b == 0:
+        raise ValueError(f"pair {pair} names a species absent from the positions "
+                         f"(present: {sorted(set(species.tolist()))})")
+    return partial_rdf(frames, species, cell, pair, r_max=r_max, n_bins=n_bins)[1]
 
 
 def rdf_error(simulated, reference, cell, species, pairs=None, r_max: float = 6.0,

@@ -1,4 +1,5 @@
-"""Training (optax), evaluation and checkpoints of potentials.
+"""Training (optax) and evaluation of potentials, and :func:`train_potential`, the library
+form of ``jaxrel train`` (data file in, checkpoint and ``metrics.json`` out).
 
 Loss: w_E · mean((ΔE / n_atoms)²) + w_F · mean(ΔF²) with E in eV and F in eV/Å
 (energy weight 0 is force matching, for coarse-grained data). Adam/AdamW with gradient
@@ -6,21 +7,19 @@ clipping, a learning rate decaying exponentially with training progress, an expo
 moving average (EMA) of the parameters, and the EMA parameters with the lowest
 validation loss kept as the best checkpoint.
 
-Checkpoints are a folder with ``config.json`` (model config, species, units, training
-settings and metrics) and ``params.msgpack`` (flax.serialization msgpack of the params),
-which reload bit-identically.
+Checkpoints are written and read by :mod:`jaxrel.checkpoint`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,12 +27,10 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from jaxrel.checkpoint import save_checkpoint
 from jaxrel.graph import Graph, build_graphs
 from jaxrel.models import ModelConfig, Potential
-from jaxrel.models.layers import SpeciesShift
-
-UNITS = {"length": "Å", "energy": "eV", "forces": "eV/Å"}
-CHECKPOINT_FORMAT = 1
+from jaxrel.models.potential import SpeciesShift
 
 
 class Targets(NamedTuple):
@@ -263,56 +260,6 @@ def train(potential: Potential, params, train_data: tuple[Graph, Targets],
     return nnx.merge_state(best, constants), history
 
 
-def save_checkpoint(directory: str | Path, potential: Potential, params,
-                    metadata: dict | None = None) -> Path:
-    """Write ``config.json`` and ``params.msgpack`` into ``directory`` (created if needed).
-
-    ``metadata`` (JSON-serialisable) is stored under ``"metadata"`` in config.json.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = {"format": CHECKPOINT_FORMAT, "model": potential.config.to_dict(), "units": UNITS,
-              "metadata": metadata or {}}
-    data = flax.serialization.msgpack_serialize(jax.device_get(nnx.to_pure_dict(params)))
-    (directory / "params.msgpack").write_bytes(data)
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
-    return directory
-
-
-def load_checkpoint(directory: str | Path) -> tuple[Potential, nnx.State, dict]:
-    """Reload a checkpoint written by :func:`save_checkpoint`.
-
-    Returns:
-        ``(potential, params, metadata)``; params are bit-identical to the saved ones.
-    Raises:
-        FileNotFoundError: the folder or one of its two files is missing.
-        ValueError: config.json or params.msgpack is unreadable or does not match.
-    """
-    directory = Path(directory)
-    for name in ("config.json", "params.msgpack"):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"no checkpoint at {directory}: {name} is missing; pass the "
-                                    "model folder written by 'jaxrel train' (OUT/model)")
-    try:
-        config = json.loads((directory / "config.json").read_text())
-        model_config = ModelConfig.from_dict(config["model"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"checkpoint {directory}/config.json is corrupt ({err}); retrain or "
-                         "restore the file") from None
-    potential, template = Potential.create(model_config)
-    try:
-        restored = flax.serialization.msgpack_restore((directory / "params.msgpack").read_bytes())
-        expected = jax.tree.map(lambda x: (x.shape, x.dtype), nnx.to_pure_dict(template))
-        found = jax.tree.map(lambda x: (x.shape, x.dtype), restored)
-        if expected != found:
-            raise ValueError("parameter shapes do not match the model config")
-        nnx.replace_by_pure_dict(template, jax.tree.map(jnp.asarray, restored))
-    except Exception as err:  # msgpack raises many types on truncated or foreign bytes
-        raise ValueError(f"checkpoint {directory}/params.msgpack is corrupt ({type(err).__name__}: "
-                         f"{err}); retrain or restore the file") from None
-    return potential, template, config.get("metadata", {})
-
-
 def labelled_graphs(frames, cutoff: float, dtype: str = "float32",
                     n_edges: int | None = None) -> tuple[Graph, Targets]:
     """A batched graph and targets from :class:`jaxrel.data.readers.Frames`.
@@ -332,3 +279,91 @@ def labelled_graphs(frames, cutoff: float, dtype: str = "float32",
                          n_edges=n_edges).astype(dtype)
     cast = lambda x: None if x is None else jnp.asarray(x, dtype)  # noqa: E731
     return graph, Targets(cast(frames.energies), cast(frames.forces))
+
+
+def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff: float = 5.0,
+                    n_features: int = 64, n_interactions: int = 3, n_rbf: int = 20, dtype: str = "float32",
+                    epochs: int | None = None, minutes: float | None = None, batch_size: int = 8,
+                    learning_rate: float = 1e-3, energy_weight: float = 0.05, forces_weight: float = 0.95,
+                    species_energies: str = "fit", n_train: int | None = None, n_validation: int | None = None,
+                    seed: int = 0, progress: bool = True) -> dict:
+    """Train a potential on a data file and write ``OUT/model/`` and ``OUT/metrics.json``.
+
+    Frames are split deterministically (``seed``): validation 5 % (at least 1) unless
+    ``n_validation`` is given; training 80 % (or all but validation with ``test_data``);
+    the test set is the rest, or ``test_data``. Per-species energy shifts are a least-squares
+    fit to the training energies (``species_energies="fit"``) or zero (``"zero"``, e.g. for
+    noble gases, whose isolated atoms have energy 0); the network's energy scale is the
+    training forces' RMS (eV/Å × 1 Å) or, without forces, the per-atom energy spread.
+
+    Args:
+        data: a file :func:`jaxrel.data.read_frames` reads; test_data: an optional separate one.
+        out: output folder (created).
+        model, cutoff (Å), n_features, n_interactions, n_rbf, dtype: :class:`ModelConfig`.
+        epochs or minutes, batch_size, learning_rate, energy_weight, forces_weight, seed:
+            :class:`TrainConfig`.
+        species_energies: ``"fit"`` or ``"zero"``.
+        n_train, n_validation: frame counts (None: the defaults above).
+        progress: a progress bar with live losses.
+
+    Returns:
+        The metrics (also in ``metrics.json``): ``validation`` and ``test`` errors
+        (:func:`evaluate`), ``training`` (seconds, epochs, steps, best_epoch,
+        frames_per_second) and ``n_frames``.
+    Raises:
+        ValueError: too few frames for non-empty splits, bad settings, or data errors
+            (as :func:`jaxrel.data.read_frames` and :func:`jaxrel.graph.build_graphs`).
+    """
+    from jaxrel.data import Dataset, fit_species_energies, read_frames, split_frames
+
+    if species_energies not in ("fit", "zero"):
+        raise ValueError(f"species_energies is {species_energies!r}; use 'fit' or 'zero'")
+    frames = read_frames(data)
+    n = len(frames)
+    n_val = n_validation if n_validation is not None else max(1, round(0.05 * n))
+    if test_data:
+        test_frames = read_frames(test_data)
+        split = split_frames(n, n_train if n_train is not None else n - n_val, n_val, 0, seed=seed)
+    else:
+        split = split_frames(n, n_train if n_train is not None else round(0.8 * n), n_val, None, seed=seed)
+        test_frames = frames.select(split.test)
+    if len(split.train) == 0 or len(split.validation) == 0 or len(test_frames) == 0:
+        raise ValueError(f"{data} has {n} frames: too few for non-empty train ({len(split.train)}), "
+                         f"validation ({len(split.validation)}) and test ({len(test_frames)}) sets; "
+                         "give more frames, --test-data, or smaller --train/--validation")
+    fit = frames.energies is not None and species_energies == "fit"
+    dataset = Dataset(frames, split, fit_species_energies(frames, split.train) if fit else {})
+    train_frames, val_frames = dataset.subset("train"), dataset.subset("validation")
+    shifts = dataset.species_energies
+    if train_frames.forces is not None:
+        scale = float(np.sqrt(np.mean(train_frames.forces ** 2)))
+    else:
+        residual = train_frames.energies - sum(shifts.get(int(z), 0.0) for z in frames.species)
+        scale = float(np.std(residual) / np.sqrt(len(frames.species)))
+    species = sorted(set(frames.species.tolist()) | set(test_frames.species.tolist()))
+    config = ModelConfig(model, tuple(species), cutoff=cutoff, n_features=n_features,
+                         n_interactions=n_interactions, n_rbf=n_rbf, dtype=dtype)
+    potential, params = Potential.create(config, shifts, max(scale, 1e-3), seed=seed)
+    train_config = TrainConfig(epochs=epochs, minutes=minutes, batch_size=batch_size, learning_rate=learning_rate,
+                               energy_weight=energy_weight, forces_weight=forces_weight, seed=seed)
+    graphs = {name: labelled_graphs(f, cutoff, dtype)
+              for name, f in (("train", train_frames), ("validation", val_frames), ("test", test_frames))}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    best, history = train(potential, params, graphs["train"], graphs["validation"], train_config,
+                          checkpoint_dir=out / "model", progress=progress)
+    metrics = {name: evaluate(potential, best, *graphs[name]) for name in ("validation", "test")}
+    metrics["training"] = {k: history[k] for k in ("seconds", "epochs", "steps", "best_epoch", "frames_per_second")}
+    metrics["n_frames"] = {"train": len(train_frames), "validation": len(val_frames), "test": len(test_frames)}
+    settings = {"data": str(data), "test_data": None if test_data is None else str(test_data), "model": model,
+                "cutoff": cutoff, "features": n_features, "interactions": n_interactions, "rbf": n_rbf,
+                "dtype": dtype, "epochs": epochs, "minutes": minutes, "batch_size": batch_size,
+                "lr": learning_rate, "energy_weight": energy_weight, "forces_weight": forces_weight,
+                "species_energies": species_energies, "train": n_train, "validation": n_validation,
+                "seed": seed, "out": str(out)}
+    run = {"command": sys.argv, "data": str(data), "test_data": settings["test_data"], "model": config.to_dict(),
+           "training": settings, "species_energies_eV": {str(k): v for k, v in shifts.items()},
+           "energy_scale_eV": scale, "history": history}
+    save_checkpoint(out / "model", potential, best, metadata={"run": run, "metrics": metrics})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

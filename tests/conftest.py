@@ -1,4 +1,4 @@
-"""Shared test fixtures."""
+"""Shared test fixtures (builders and assertions live in ``helpers.py``)."""
 
 import os
 from pathlib import Path
@@ -6,8 +6,12 @@ from pathlib import Path
 import jax
 import pytest
 
-# Exactness tests run in float64 (models are created with dtype="float64" explicitly).
+# Exactness tests run in float64 (models are created with dtype="float64" explicitly); set
+# before jaxrel is imported.
 jax.config.update("jax_enable_x64", True)
+
+from helpers import morse_dimers, small_potential  # noqa: E402
+from jaxrel.checkpoint import save_checkpoint  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -23,3 +27,19 @@ def data_dir() -> Path:
         pytest.skip(f"rMD17 etc. not found at {path}; set JAXREL_DATA to the folder holding "
                     "the jaxrel shared data (rmd17/, water_dft/, cg_water/)")
     return path
+
+
+@pytest.fixture(scope="session")
+def dimers(tmp_path_factory) -> Path:
+    """40 Morse O–H–H frames with energies and forces (extxyz), shared by the session."""
+    return morse_dimers(tmp_path_factory.mktemp("data") / "morse.extxyz")
+
+
+@pytest.fixture(scope="session")
+def model_and_data(tmp_path_factory) -> tuple[Path, Path]:
+    """A saved float64 one-interaction PaiNN for H/O and a 4-frame Morse-dimer file."""
+    root = tmp_path_factory.mktemp("explain")
+    data = morse_dimers(root / "morse.extxyz", n_frames=4)
+    pot, params = small_potential("float64", model="painn")
+    save_checkpoint(root / "model", pot, params)
+    return root / "model", data

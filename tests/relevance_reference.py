@@ -2,13 +2,16 @@
 
 Independent of the engine in ``jaxrel.relevance`` (walks, subsets, n-body): walks are
 enumerated with plain Python recursion over an adjacency dict, and every walk or subset
-gets its own masked forward/backward pass of the potential, as in the published
-reference code (Schnake et al., TPAMI 2022, arXiv:2006.03589; subset masks: Xiong et al.,
-ICML 2022). Only the rule sets are shared with the library.
+gets its own masked forward/backward pass of the potential, composed here from the
+model's ``embedding`` and ``layer_functions``, as in the published reference code.
+Only the rule sets are shared with the library.
 
-Definitions (DESIGN.md §2): with per-layer masks m_t applied as
-h⁽ᵗ⁾ ← m_t ⊙ h⁽ᵗ⁾ + (1 − m_t) ⊙ sg(h⁽ᵗ⁾), relevance = Σ h⁽⁰⁾ ⊙ ∂E/∂h⁽⁰⁾ with
-E = Σ_i E_i (eV).
+Definitions (walk relevance: Schnake et al., "Higher-order explanations of graph neural
+networks via relevant walks", TPAMI 2022, arXiv:2006.03589; subgraph relevance by
+indicator masks: Xiong et al., "Efficient computation of higher-order subgraph
+attribution via message passing", ICML 2022): with per-layer masks m_t applied as
+h⁽ᵗ⁾ ← m_t ⊙ h⁽ᵗ⁾ + (1 − m_t) ⊙ sg(h⁽ᵗ⁾) after the embedding (t = 0) and after each
+layer t = 1..T, relevance = Σ h⁽⁰⁾ ⊙ ∂E/∂h⁽⁰⁾ with E = Σ_i E_i (eV).
 
 * walk W = (i_0, …, i_T): m_t = e_{i_t} for t = 0..T;
 * subset S: m_t = 1_S for t = 0..T, so R(S) = Σ_{walks inside S} R_W;
@@ -25,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrel.relevance.rules import RuleSet
+from jaxrel.nn import RuleSet
 
 
 def adjacency(graph) -> dict[int, set[int]]:
@@ -78,11 +81,32 @@ def connected_subsets(graph, order: int) -> list[tuple[int, ...]]:
     return out
 
 
+def _masked(h, mask):
+    """m ⊙ h + (1 − m) ⊙ sg(h) on every array of the layer state (atoms on axis 0)."""
+    def one(x):
+        m = mask.reshape(mask.shape + (1,) * (x.ndim - 1)).astype(x.dtype)
+        return m * x + (1 - m) * jax.lax.stop_gradient(x)
+
+    return jax.tree.map(one, h)
+
+
+def masked_energy(pot, params, h0, graph, rules, masks):
+    """E = Σ_i E_i (eV) of one frame from input features h⁽⁰⁾ with per-layer masks
+    ((T + 1, n_atoms); None = no masks), composed from ``pot.layer_functions``."""
+    layers, energy_readout = pot.layer_functions(params, graph, rules)
+    h = h0 if masks is None else _masked(h0, masks[0])
+    for t, layer in enumerate(layers, start=1):
+        h = layer(h)
+        if masks is not None:
+            h = _masked(h, masks[t])
+    return energy_readout(h).sum()
+
+
 def _relevance(pot, params, graph, masks, rules):
     """Σ_f h⁽⁰⁾ ⊙ ∂E/∂h⁽⁰⁾ per atom under per-layer masks: (n_atoms,) eV."""
     h0 = pot.embedding(params, graph)
-    energy = lambda h: pot.atomwise_energy_from_embedding(params, h, graph, rules, masks).sum()  # noqa: E731
-    return jnp.sum(h0 * jax.grad(energy)(h0), axis=-1)
+    grad = jax.grad(lambda h: masked_energy(pot, params, h, graph, rules, masks))(h0)
+    return jnp.sum(h0 * grad, axis=-1)
 
 
 def _walk_masks(walk, n_atoms):

@@ -4,22 +4,10 @@ import ase
 import numpy as np
 import pytest
 
+from helpers import argon_potential, liquid
 from jaxrel.calculator import JaxrelCalculator
+from jaxrel.checkpoint import save_checkpoint
 from jaxrel.graph import build_graphs
-from jaxrel.models import ModelConfig, Potential
-from jaxrel.train import save_checkpoint
-
-
-def argon_potential(model):
-    return Potential.create(ModelConfig(model, (18,), cutoff=4.0, n_features=8, n_interactions=2,
-                                        n_rbf=6, dtype="float64"), {18: -0.1}, 1.0, seed=2)
-
-
-def liquid(seed=0, n=8, side=8.5):
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.arange(2)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n]
-    return ase.Atoms(f"Ar{n}", positions=(grid + 0.5) * side / 2 + 0.3 * rng.normal(size=(n, 3)),
-                     cell=np.diag([side, side * 1.05, side * 0.98]), pbc=True)
 
 
 @pytest.mark.parametrize("model", ["schnet", "painn"])

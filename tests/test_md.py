@@ -15,12 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import argon_potential, liquid, morse_dimers, small_potential
+from jaxrel.checkpoint import save_checkpoint
 from jaxrel.cli import main
 from jaxrel.md import THERMO_COLUMNS, MDConfig, simulate, write_thermo, write_trajectory
 from jaxrel.models import Potential
-from jaxrel.train import save_checkpoint
-from test_calculator import argon_potential, liquid
-from test_train import morse_dimers, small_potential
 
 WATER = np.array([[0.0, 0, 0], [0.97, 0, 0], [-0.25, 0.93, 0]])
 WATER_SPECIES = np.array([8, 1, 1])
@@ -253,7 +252,8 @@ def test_bad_settings_raise_one_clear_sentence(settings, message):
 
 
 @pytest.fixture(scope="module")
-def model_and_data(tmp_path_factory):
+def md_model_and_data(tmp_path_factory):
+    """A saved float32 one-interaction SchNet for H/O and a 6-frame Morse-dimer file."""
     root = tmp_path_factory.mktemp("md")
     data = morse_dimers(root / "morse.extxyz", n_frames=6)
     potential, params = small_potential("float32")
@@ -261,8 +261,8 @@ def model_and_data(tmp_path_factory):
     return root / "model", data
 
 
-def test_md_command_writes_trajectory_thermo_and_stability(model_and_data, tmp_path):
-    model, data = model_and_data
+def test_md_command_writes_trajectory_thermo_and_stability(md_model_and_data, tmp_path):
+    model, data = md_model_and_data
     out = tmp_path / "md"
     assert main(["md", "--model", str(model), "--data", str(data), "--frame", "2", "--ensemble", "nvt-langevin",
                  "--temperature", "300", "--dt", "0.5", "--time", "0.05", "--log-every", "10",
@@ -286,8 +286,8 @@ def test_md_command_writes_trajectory_thermo_and_stability(model_and_data, tmp_p
     (["--frame", "9"], "--frame 9 is not a frame of the 6"),
     (["--replicas", "0"], "--replicas is 0"),
 ])
-def test_md_command_rejects_bad_settings_in_one_line(model_and_data, tmp_path, capsys, argv, message):
-    model, data = model_and_data
+def test_md_command_rejects_bad_settings_in_one_line(md_model_and_data, tmp_path, capsys, argv, message):
+    model, data = md_model_and_data
     code = main(["md", "--model", str(model), "--data", str(data), "--quiet", "--out", str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and "\n" not in err

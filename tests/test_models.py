@@ -1,5 +1,11 @@
 """Physics and exactness of SchNet and PaiNN: invariance, equivariance, Σ F = 0, smooth
-cutoff, padding, jit vs eager, bad input. float64 throughout."""
+cutoff, padding, jit vs eager, bad input. float64 throughout.
+
+Invariance and conservation are checked by the shared assertions of ``helpers``
+(:func:`assert_invariant`, :func:`assert_conserves`), which are shown here to fail on
+deliberately broken potentials."""
+
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -7,18 +13,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from helpers import assert_conserves, assert_invariant, masked_atomwise_energy, random_rotation
 from jaxrel.graph import build_graphs, pad_graph
 from jaxrel.models import ModelConfig, Potential
 
 MODELS = ["schnet", "painn"]
 SPECIES = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])
 CUTOFF = 3.0
-
-
-def random_rotation(seed):
-    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    return q if np.linalg.det(q) > 0 else -q
 
 
 def molecule(seed=0, n_frames=2):
@@ -38,55 +39,43 @@ def potential(request):
     return make(request.param)
 
 
-def test_energy_is_rotation_translation_invariant_and_forces_rotate(potential):
+def test_energy_and_atomwise_energies_are_invariant_and_forces_equivariant(potential):
+    """Rotation + translation and permutation of the atoms, on a padded frame (padding with
+    overlapping junk positions stays in place)."""
     pot, params = potential
-    pos = molecule()[0]
-    rot = random_rotation(3)
-    g1 = build_graphs(pos, SPECIES, CUTOFF)
-    g2 = build_graphs(pos @ rot.T + np.array([1.5, -2.0, 0.7]), SPECIES, CUTOFF)
-    e1, f1 = pot.energy_and_forces(params, g1)
-    e2, f2 = pot.energy_and_forces(params, g2)
-    np.testing.assert_allclose(e2, e1, rtol=1e-12)
-    np.testing.assert_allclose(f2[0], f1[0] @ rot.T, atol=1e-11)
-    assert np.abs(f1).max() > 1e-3  # forces are not trivially zero
-
-
-def test_energy_is_permutation_invariant(potential):
-    pot, params = potential
+    g = build_graphs(molecule(), SPECIES, CUTOFF)
+    padded = pad_graph(g, g.n_atoms + 3, g.n_edges + 8)
+    padded = padded._replace(positions=padded.positions.at[:, g.n_atoms:].set(0.3))
+    _, f = pot.energy_and_forces(params, padded.frame(0))
+    assert np.abs(f).max() > 1e-3  # forces are not trivially zero
+    assert_invariant(pot, params, padded.frame(0), seed=3)
+    # graphs built afresh from moved and relabelled atoms give the same energy
     pos = molecule()[0]
     perm = np.random.default_rng(0).permutation(len(SPECIES))
-    e1, f1 = pot.energy_and_forces(params, build_graphs(pos, SPECIES, CUTOFF))
-    e2, f2 = pot.energy_and_forces(params, build_graphs(pos[perm], SPECIES[perm], CUTOFF))
-    np.testing.assert_allclose(e2, e1, rtol=1e-12)
-    np.testing.assert_allclose(f2[0], f1[0][perm], atol=1e-11)
+    moved = build_graphs(pos[perm] @ random_rotation(3).T + np.array([1.5, -2.0, 0.7]), SPECIES[perm], CUTOFF)
+    np.testing.assert_allclose(pot.energy(params, moved), pot.energy(params, g.frame(0)), rtol=1e-12)
 
 
 def test_forces_sum_to_zero_and_match_finite_differences(potential):
     pot, params = potential
-    pos = molecule()[0]
-    g = build_graphs(pos, SPECIES, CUTOFF)
-    e, f = pot.energy_and_forces(params, g)
-    np.testing.assert_allclose(f[0].sum(0), 0.0, atol=1e-11)
-    h = 1e-5
-    for atom, axis in [(0, 0), (4, 2)]:
-        d = np.zeros_like(pos)
-        d[atom, axis] = h
-        gp, gm = (g._replace(positions=g.positions + s * d[None]) for s in (1, -1))
-        fd = -(pot.energy(params, gp) - pot.energy(params, gm)) / (2 * h)
-        np.testing.assert_allclose(f[0, atom, axis], fd[0], rtol=1e-6, atol=1e-8)
+    g = build_graphs(molecule(), SPECIES, CUTOFF)
+    assert_conserves(pot, params, g, eps=1e-5, rtol=1e-6, atol=1e-8, n_checks=4)
 
 
-def test_periodic_energy_is_invariant_under_wrapping_and_forces_sum_to_zero(potential):
+def test_periodic_energy_is_invariant_under_wrapping_rotation_and_permutation_and_conserves(potential):
     pot, params = potential
     rng = np.random.default_rng(5)
     cell = np.diag([6.5, 7.0, 6.2])
     pos = rng.uniform(0, 6.0, size=(9, 3))
     shift = rng.integers(-2, 3, size=(9, 3)) @ cell  # whole-cell jumps change nothing
-    e1, f1 = pot.energy_and_forces(params, build_graphs(pos, SPECIES, CUTOFF, cell=cell))
+    g = build_graphs(pos, SPECIES, CUTOFF, cell=cell)
+    e1, f1 = pot.energy_and_forces(params, g)
     e2, f2 = pot.energy_and_forces(params, build_graphs(pos + shift, SPECIES, CUTOFF, cell=cell))
     np.testing.assert_allclose(e2, e1, rtol=1e-12)
     np.testing.assert_allclose(f2, f1, atol=1e-11)
-    np.testing.assert_allclose(f1[0].sum(0), 0.0, atol=1e-11)
+    assert np.abs(f1).max() > 1e-3
+    assert_invariant(pot, params, g.frame(0), seed=5)
+    assert_conserves(pot, params, g.frame(0), eps=1e-5, rtol=1e-6, atol=1e-8)
 
 
 def test_energy_is_smooth_with_zero_force_at_the_cutoff(potential):
@@ -146,14 +135,22 @@ def test_jit_equals_eager_and_batch_equals_single_frames(potential):
         np.testing.assert_allclose(pot.energy(params, g.frame(k)), e_eager[k], rtol=1e-13)
 
 
-def test_atomwise_energies_sum_to_energy_and_rules_keep_the_forward_value(potential):
+def test_atomwise_energies_sum_to_energy_and_rules_and_masks_keep_the_forward_value(potential):
     pot, params = potential
     g = build_graphs(molecule(), SPECIES, CUTOFF)
     e = pot.energy(params, g)
     np.testing.assert_allclose(pot.atomwise_energy(params, g).sum(-1), e, rtol=1e-13)
-    masks = jnp.ones((pot.config.n_interactions + 1, g.n_atoms)).at[1, 0].set(0.0)
     np.testing.assert_allclose(pot.energy(params, g, "gi"), e, rtol=1e-12)
-    np.testing.assert_allclose(pot.energy(params, g.frame(0), "gi", masks), e[0], rtol=1e-12)
+    g0 = g.frame(0)
+    h0 = pot.embedding(params, g0)
+    composed = masked_atomwise_energy(pot, params, h0, g0, "gi", None)  # layer_functions composed
+    np.testing.assert_allclose(composed, pot.atomwise_energy_from_embedding(params, h0, g0, "gi"), rtol=1e-13)
+    masks = jnp.ones((pot.config.n_interactions + 1, g.n_atoms)).at[1, 0].set(0.0)
+    masked = masked_atomwise_energy(pot, params, h0, g0, "gi", masks)
+    np.testing.assert_allclose(masked.sum(), e[0], rtol=1e-12)
+    grad = jax.grad(lambda h: masked_atomwise_energy(pot, params, h, g0, "gi", masks).sum())(h0)
+    plain = jax.grad(lambda h: pot.atomwise_energy_from_embedding(params, h, g0, "gi").sum())(h0)
+    assert np.abs(grad - plain).max() > 1e-6  # the masks do change the gradient
 
 
 def test_gradient_times_input_of_the_embedding_is_exact_for_gi_rules_without_biases():
@@ -252,3 +249,56 @@ def test_frames_with_different_cells_get_the_same_edges_as_single_frame_builds()
         assert int(batch.edge_mask[f].sum()) == k > 0
         assert set(zip(batch.senders[f, :k].tolist(), batch.receivers[f, :k].tolist())) == \
             set(zip(single.senders[0, :k].tolist(), single.receivers[0, :k].tolist()))
+
+
+@dataclass(frozen=True)
+class Broken:
+    """A potential with a deliberate defect, to show the physics assertions can fail.
+
+    ``"field"``: an external field, E + Σ_i E·x_i (neither rotation/translation invariant
+    nor Σ F = 0); ``"labels"``: E + Σ_i w_i |x_i − x̄|² with weights that depend on the atom's
+    index (invariant under rotation and translation, conservative, but not under
+    permutation); ``"forces"``: the correct energy with forces scaled by 1.1 (invariant and
+    Σ F = 0, but F ≠ −∂E/∂x).
+    """
+
+    potential: Potential
+    kind: str
+
+    def atomwise_energy(self, params, graph):
+        e = self.potential.atomwise_energy(params, graph)
+        x, real = graph.positions, graph.node_mask
+        if self.kind == "field":
+            return e + jnp.where(real, x @ jnp.array([0.3, -0.2, 0.1]), 0.0)
+        if self.kind == "labels":
+            centre = jnp.sum(jnp.where(real[:, None], x, 0.0), 0) / real.sum()
+            weight = 0.05 * (1.0 + jnp.arange(len(real)))
+            return e + jnp.where(real, weight * jnp.sum((x - centre) ** 2, -1), 0.0)
+        return e
+
+    def energy(self, params, graph):
+        return self.atomwise_energy(params, graph).sum(-1)
+
+    def energy_and_forces(self, params, graph):
+        e, grad = jax.value_and_grad(lambda p: self.energy(params, graph._replace(positions=p)))(graph.positions)
+        return e, -grad * (1.1 if self.kind == "forces" else 1.0)
+
+
+@pytest.mark.parametrize("kind, check, message", [
+    ("field", assert_invariant, "energy changed under a rotation \\+ translation"),
+    ("field", assert_conserves, "forces do not sum to zero"),
+    ("labels", assert_invariant, "energy changed under a permutation of the atoms"),
+    ("forces", assert_conserves, "is not −∂E/∂x"),
+])
+def test_physics_assertions_fail_on_a_broken_potential(kind, check, message):
+    pot, params = make("schnet")
+    g = build_graphs(molecule()[0], SPECIES, CUTOFF).frame(0)
+    check(pot, params, g)  # the unbroken model passes
+    with pytest.raises(AssertionError, match=message):
+        check(Broken(pot, kind), params, g)
+
+
+@pytest.mark.parametrize("kind, check", [("labels", assert_conserves), ("forces", assert_invariant)])
+def test_physics_assertions_accept_defects_outside_what_they_check(kind, check):
+    pot, params = make("schnet")
+    check(Broken(pot, kind), params, build_graphs(molecule()[0], SPECIES, CUTOFF).frame(0))

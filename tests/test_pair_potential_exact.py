@@ -14,11 +14,11 @@ couples the neighbours of an atom; the last test checks that the identity then f
 float64 throughout (conftest enables it).
 """
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from helpers import assert_conserves, assert_invariant
 from jaxrel.graph import build_graphs
 from jaxrel.models import ModelConfig, Potential
 from jaxrel.models.potential import EnergyModel
@@ -83,6 +83,14 @@ def test_linear_one_interaction_schnet_is_a_pair_potential():
     inside = r < CUTOFF
     pairs = pair_energies(pot, params, np.stack([SPECIES[i], SPECIES[j]], 1)[inside], r[inside]).sum()
     np.testing.assert_allclose(energy(pot, params, positions[None], SPECIES)[0], atoms + pairs, rtol=1e-12)
+
+
+def test_linear_pair_model_is_invariant_and_conservative():
+    """Swapping the activations for the identity keeps a physical potential."""
+    pot, params = pair_model(linear=True)
+    graph = build_graphs(liquid_frame(), SPECIES, CUTOFF).frame(0).astype("float64")
+    assert_invariant(pot, params, graph, seed=1)
+    assert_conserves(pot, params, graph)
 
 
 def test_two_body_terms_equal_the_encoded_pair_energies():

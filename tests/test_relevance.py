@@ -18,8 +18,8 @@ from flax import nnx
 import relevance_reference as ref
 from jaxrel.graph import Graph, build_graphs, pad_graph
 from jaxrel.models import ModelConfig, Potential
-from jaxrel.relevance import (RuleSet, enumerate_walks, nbody_decomposition, subset_relevance,
-                              top_k_walks, walk_relevance)
+from jaxrel.nn import RuleSet
+from jaxrel.relevance import enumerate_walks, nbody_decomposition, subset_relevance, top_k_walks, walk_relevance
 
 MODELS = ["schnet", "painn"]
 DEPTHS = [2, 3]

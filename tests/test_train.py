@@ -1,4 +1,7 @@
-"""Training, checkpoints and the train/evaluate command line."""
+"""Training, checkpoints and the train/evaluate command line.
+
+Data: the session's 40-frame Morse-dimer file (fixture ``dimers`` in conftest).
+"""
 
 import json
 
@@ -10,41 +13,11 @@ import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
 from flax import nnx
 
+from helpers import small_potential
+from jaxrel.checkpoint import load_checkpoint, save_checkpoint
 from jaxrel.cli import main
 from jaxrel.data import read_frames
-from jaxrel.models import ModelConfig, Potential
-from jaxrel.train import (TrainConfig, evaluate, labelled_graphs, load_checkpoint,
-                          save_checkpoint, train)
-
-
-def morse_dimers(path, n_frames=40, seed=0):
-    """An extxyz of noisy O–H–H triangles with a Morse-pair energy (eV) and exact forces."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n_frames):
-        pos = np.array([[0.0, 0, 0], [0.97, 0, 0], [-0.25, 0.93, 0]]) + 0.08 * rng.normal(size=(3, 3))
-        d = pos[:, None] - pos[None]
-        r = np.linalg.norm(d, axis=-1) + np.eye(3)
-        x = np.exp(-2.0 * (r - 1.0))
-        pair = 0.5 * (x ** 2 - 2 * x) * (1 - np.eye(3))
-        dpair = 0.5 * (-4.0 * x ** 2 + 4.0 * x) * (1 - np.eye(3))
-        forces = -np.sum(dpair[..., None] * d / r[..., None], axis=1)
-        atoms = ase.Atoms("OHH", positions=pos)
-        atoms.calc = SinglePointCalculator(atoms, energy=float(pair.sum() / 2) - 14.0, forces=forces)
-        frames.append(atoms)
-    ase.io.write(path, frames, format="extxyz")
-    return path
-
-
-@pytest.fixture(scope="module")
-def dimers(tmp_path_factory):
-    return morse_dimers(tmp_path_factory.mktemp("data") / "morse.extxyz")
-
-
-def small_potential(dtype="float64", model="schnet", n_features=8):
-    return Potential.create(ModelConfig(model, (1, 8), cutoff=3.0, n_features=n_features,
-                                        n_interactions=1, n_rbf=8, dtype=dtype),
-                            {1: -4.0, 8: -6.0}, energy_scale=0.5, seed=0)
+from jaxrel.train import TrainConfig, evaluate, labelled_graphs, train
 
 
 def test_training_lowers_the_validation_loss_and_keeps_the_best_params(dimers):

@@ -66,7 +66,8 @@ import numpy as np
 from jax_md import partition, simulate, space
 from tqdm import tqdm
 
-from jaxrel.graph import safe_norm
+from jaxrel.geometry import check_cell, minimum_image
+from jaxrel.nn.functional import safe_norm
 
 BOLTZMANN_EV_K = 8.617333262e-5
 """Boltzmann constant k_B, eV/K (CODATA 2018, exact)."""
@@ -238,12 +239,10 @@ def _check_species(species) -> np.ndarray:
 
 
 def _check_box(box: np.ndarray, cutoff: float, n_atoms: int) -> None:
-    if not cutoff > 0:
-        raise ValueError(f"cutoff must be positive, got {cutoff} Å")
-    if np.min(box) < 2.0 * cutoff:
-        raise ValueError(f"the periodic box ({np.min(box):.3f} Å wide for {n_atoms} atoms) is "
-                         f"narrower than twice the cutoff ({2.0 * cutoff:.3f} Å); use more atoms "
-                         f"or a cutoff of at most {np.min(box) / 2.0:.3f} Å")
+    """ValueError unless ``cutoff`` > 0 and the orthorhombic box (3,) Å of ``n_atoms`` atoms
+    is at least twice the cutoff wide (:func:`jaxrel.geometry.check_cell`)."""
+    check_cell(np.diag(box), cutoff, fix=f"use more than {n_atoms} atoms or a cutoff of at most "
+               f"{np.min(box) / 2.0:.3f} Å, since the box must be at least twice the cutoff")
 
 
 def _frame_geometry(positions: np.ndarray, box: np.ndarray, cutoff: float):
@@ -255,7 +254,7 @@ def _frame_geometry(positions: np.ndarray, box: np.ndarray, cutoff: float):
     """
     n = positions.shape[0]
     d = positions[None, :, :] - positions[:, None, :]
-    d -= box * np.round(d / box)
+    d = minimum_image(d, np.diag(box))
     r = np.linalg.norm(d, axis=-1)
     adj = r < cutoff
     np.fill_diagonal(adj, False)

@@ -19,8 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrel.graph import Graph, edge_lengths
-from jaxrel.models.layers import MLP, cosine_cutoff, sinc_rbf
-from jaxrel.relevance.rules import RuleSet
+from jaxrel.nn import MLP, RuleSet, cosine_cutoff, sinc_rbf
 
 
 class Message(nnx.Module):

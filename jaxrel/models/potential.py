@@ -22,10 +22,9 @@ import numpy as np
 from flax import nnx
 
 from jaxrel.graph import Graph, check_positions
-from jaxrel.models.layers import SpeciesShift, species_lookup
 from jaxrel.models.painn import PaiNN
 from jaxrel.models.schnet import SchNet
-from jaxrel.relevance.rules import RULES, RuleSet, apply_mask
+from jaxrel.nn import RuleSet, resolve_rules
 
 ARCHITECTURES = {"schnet": SchNet, "painn": PaiNN}
 
@@ -63,11 +62,26 @@ class ModelConfig:
                              "n_interactions ≥ 1, n_rbf ≥ 2")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as JSON types (species a list), as stored in checkpoints and explanations."""
+        return {**dataclasses.asdict(self), "species": list(self.species)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         return cls(**{**d, "species": tuple(d["species"])})
+
+
+class SpeciesShift(nnx.Variable):
+    """Fixed (not trained) per-species energy shifts and the energy scale, eV."""
+
+
+def species_lookup(species_list: tuple[int, ...], species: jax.Array) -> jax.Array:
+    """Index of each atomic number in ``species_list`` (padding Z = 0 maps to 0).
+
+    Unknown species must be rejected before this point (``Potential.check_graph``).
+    """
+    table = jnp.zeros(max(species_list) + 1, jnp.int32).at[jnp.asarray(species_list)].set(
+        jnp.arange(len(species_list), dtype=jnp.int32))
+    return table[jnp.clip(species, 0, max(species_list))]
 
 
 class EnergyModel(nnx.Module):
@@ -97,11 +111,11 @@ class EnergyModel(nnx.Module):
 
         return layers, energy_readout
 
-    def atomwise_energy(self, h0, graph: Graph, rules: RuleSet, masks) -> jax.Array:
+    def atomwise_energy(self, h0, graph: Graph, rules: RuleSet) -> jax.Array:
         layers, energy_readout = self.layer_functions(graph, rules)
-        h = apply_mask(h0, None if masks is None else masks[0])
-        for t, layer in enumerate(layers):
-            h = jax.tree.map(lambda x: apply_mask(x, None if masks is None else masks[t + 1]), layer(h))
+        h = h0
+        for layer in layers:
+            h = layer(h)
         return energy_readout(h)
 
 
@@ -122,7 +136,7 @@ class Potential:
     """Pure-function interface of a SchNet or PaiNN potential.
 
     Every method takes ``params`` (the ``nnx.State`` from :meth:`create` or
-    :func:`jaxrel.train.load_checkpoint`) and a :class:`~jaxrel.graph.Graph`; a graph
+    :func:`jaxrel.checkpoint.load_checkpoint`) and a :class:`~jaxrel.graph.Graph`; a graph
     with a leading frame axis is vmapped over frames. Methods do no host-side input
     checks (they run under jit); call :meth:`check_graph` first on untrusted input.
     """
@@ -154,24 +168,22 @@ class Potential:
         return self.module(params).embed(graph)
 
     def atomwise_energy_from_embedding(self, params, h0: jax.Array, graph: Graph,
-                                       rules: RuleSet | str = "identity",
-                                       masks: jax.Array | None = None) -> jax.Array:
+                                       rules: RuleSet | str = "identity") -> jax.Array:
         """Atomwise energies E_i (eV) of one frame from given input features h⁽⁰⁾.
 
-        This is the entry point of the relevance engine: gradient × input with respect
-        to ``h0`` under a rule set and per-layer masks gives relevances.
+        Gradient × input with respect to ``h0`` under a rule set is the unmasked
+        relevance of every start atom (Schnake et al., TPAMI 2022, arXiv:2006.03589).
 
         Args:
             h0: (n_atoms, n_features) input features (see :meth:`embedding`).
             graph: one frame (unbatched; vmap for batches).
-            rules: a :class:`RuleSet` or its name (``"identity"``, ``"gi"``).
-            masks: (n_interactions + 1, n_atoms) per-layer atom masks (after the embedding
-                and after each interaction), or None.
+            rules: a :class:`~jaxrel.nn.RuleSet` or its name.
         Returns:
             (n_atoms,) eV; 0 for padded atoms.
+        Raises:
+            ValueError: an unknown rule name.
         """
-        rules = RULES[rules] if isinstance(rules, str) else rules
-        return self.module(params).atomwise_energy(h0, graph, rules, masks)
+        return self.module(params).atomwise_energy(h0, graph, resolve_rules(rules))
 
     def layer_functions(self, params, graph: Graph, rules: RuleSet | str = "identity"):
         """The forward pass of one frame split into layers, for the relevance engine.
@@ -181,24 +193,31 @@ class Potential:
             :meth:`embedding`; later states are arrays (SchNet) or (s, v) tuples (PaiNN)
             with atoms on axis 0), and ``energy_readout`` maps h⁽ᵀ⁾ to atomwise energies
             (n_atoms,) eV. Composing them equals :meth:`atomwise_energy_from_embedding`.
+        Raises:
+            ValueError: an unknown rule name.
         """
-        rules = RULES[rules] if isinstance(rules, str) else rules
-        return self.module(params).layer_functions(graph, rules)
+        return self.module(params).layer_functions(graph, resolve_rules(rules))
 
     @_per_frame
-    def atomwise_energy(self, params, graph: Graph, rules: RuleSet | str = "identity",
-                        masks: jax.Array | None = None) -> jax.Array:
+    def atomwise_energy(self, params, graph: Graph, rules: RuleSet | str = "identity") -> jax.Array:
         """Atomwise energies E_i, eV: (n_atoms,) or (n_frames, n_atoms); 0 for padding.
 
-        ``rules`` and ``masks`` are as in :meth:`atomwise_energy_from_embedding`.
+        ``rules`` (a rule set or its name) changes gradients only, never the value.
         """
-        return self.atomwise_energy_from_embedding(params, self.embedding(params, graph),
-                                                   graph, rules, masks)
+        return self.atomwise_energy_from_embedding(params, self.embedding(params, graph), graph, rules)
 
-    def energy(self, params, graph: Graph, rules: RuleSet | str = "identity",
-               masks: jax.Array | None = None) -> jax.Array:
+    def energy(self, params, graph: Graph, rules: RuleSet | str = "identity") -> jax.Array:
         """Total energy E = Σ_i E_i, eV: () for one frame, (n_frames,) for a batch."""
-        return self.atomwise_energy(params, graph, rules, masks).sum(-1)
+        return self.atomwise_energy(params, graph, rules).sum(-1)
+
+    def species_shifts(self, params) -> dict[int, float]:
+        """The fixed per-species energy shifts e_Z, eV: {atomic number: shift}.
+
+        E_i = scale · y_i + e_{Z_i}; the shifts carry no relevance (they do not depend on
+        the input features), so an explanation accounts for them separately.
+        """
+        shifts = np.asarray(self.module(params).shifts[...], np.float64)
+        return {z: float(e) for z, e in zip(self.config.species, shifts)}
 
     @_per_frame
     def energy_and_forces(self, params, graph: Graph) -> tuple[jax.Array, jax.Array]:

@@ -12,8 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrel.graph import Graph, edge_lengths
-from jaxrel.models.layers import (MLP, cosine_cutoff, gaussian_rbf, shifted_softplus)
-from jaxrel.relevance.rules import RuleSet
+from jaxrel.nn import MLP, RuleSet, cosine_cutoff, gaussian_rbf, shifted_softplus
 
 
 class Interaction(nnx.Module):

@@ -14,13 +14,32 @@ for unused slots; ``all_start=True`` makes m_0 all ones (every start atom at onc
 from __future__ import annotations
 
 from functools import partial
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxrel.graph import Graph
-from jaxrel.relevance.rules import RULES, RuleSet
+from jaxrel.nn import RuleSet
+
+
+class LayeredPotential(Protocol):
+    """What the relevance engine needs of a potential (e.g. :class:`jaxrel.models.Potential`).
+
+    ``config.n_interactions`` is the number T of message-passing layers; ``embedding``
+    gives h⁽⁰⁾ (n_atoms, F) of one frame; ``layer_functions`` splits the rule-substituted
+    forward pass of one frame into T per-layer maps h⁽ᵗ⁻¹⁾ ↦ h⁽ᵗ⁾ (arrays or pytrees with
+    atoms on axis 0) and a readout h⁽ᵀ⁾ ↦ atomwise energies (n_atoms,) eV. The potential
+    must be hashable (it is a static argument of jitted functions).
+    """
+
+    config: Any
+
+    def embedding(self, params, graph: Graph) -> jax.Array: ...
+
+    def layer_functions(self, params, graph: Graph,
+                        rules: RuleSet) -> tuple[list[Callable], Callable[[Any], jax.Array]]: ...
 
 
 def _indicator(index: jax.Array, n_atoms: int, dtype) -> jax.Array:
@@ -38,7 +57,7 @@ def masked_relevance(potential, params, graph: Graph, layer_sets: jax.Array, rul
     """Per-start-atom relevance for many masks of one frame.
 
     Args:
-        potential: a :class:`jaxrel.models.Potential`.
+        potential: a :class:`LayeredPotential` (e.g. :class:`jaxrel.models.Potential`).
         params: its params.
         graph: one (unbatched) frame.
         layer_sets: (n_masks, T + 1, k) int32 atom sets per layer, −1 = unused; row 0 is
@@ -80,15 +99,6 @@ def masked_relevance(potential, params, graph: Graph, layer_sets: jax.Array, rul
         relevance = jax.lax.map(one, layer_sets, batch_size=chunk_size)
     everything = jnp.ones((len(layers) + 1, n_atoms), h0.dtype)
     return relevance, energy, backward(everything)
-
-
-def as_rules(rules: RuleSet | str) -> RuleSet:
-    """A :class:`RuleSet` from itself or its name."""
-    if isinstance(rules, RuleSet):
-        return rules
-    if rules not in RULES:
-        raise ValueError(f"unknown rule {rules!r}; known: {', '.join(RULES)}")
-    return RULES[rules]
 
 
 def padded_layer_sets(layer_sets: np.ndarray, step: int = 64) -> np.ndarray:

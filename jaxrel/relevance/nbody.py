@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxrel.graph import Graph
-from jaxrel.relevance.backward import as_rules, masked_relevance, padded_layer_sets
-from jaxrel.relevance.rules import RuleSet
+from jaxrel.nn import RuleSet, resolve_rules
+from jaxrel.relevance.backward import masked_relevance, padded_layer_sets
+from jaxrel.relevance.table import Table
 from jaxrel.relevance.walks import _require_single_frame, successors
 
 
@@ -116,7 +116,7 @@ def subset_relevance(potential, params, graph: Graph, subsets: np.ndarray,
                          f"({int(real.sum())} atoms)")
     if len(subsets) == 0:
         return np.zeros(0)
-    return _subset_relevance(potential, params, graph, subsets, as_rules(rules), chunk_size)[0]
+    return _subset_relevance(potential, params, graph, subsets, resolve_rules(rules), chunk_size)[0]
 
 
 def connected_sets(graph: Graph, max_order: int) -> dict[int, np.ndarray]:
@@ -139,23 +139,6 @@ def connected_sets(graph: Graph, max_order: int) -> dict[int, np.ndarray]:
 
 
 @dataclass
-class Table:
-    """The n-body terms of one order for one frame.
-
-    atoms: (n_terms, order) int32, sorted ascending; species: (n_terms, order) int32;
-    relevance: (n_terms,) float64 eV; distances: (n_terms, order·(order−1)/2) Å, in the
-    order (0,1), (0,2), …, (1,2), …; angles: for order 3, (n_terms, 3) degrees, the angle at
-    atoms[:, 0], [:, 1], [:, 2] (else None).
-    """
-
-    atoms: np.ndarray
-    species: np.ndarray
-    relevance: np.ndarray
-    distances: np.ndarray
-    angles: np.ndarray | None = None
-
-
-@dataclass
 class NBody:
     """Exact n-body decomposition of one frame (eV).
 
@@ -164,8 +147,6 @@ class NBody:
     total: Σ over all walks = unmasked gradient × input.
     residual: total − Σ of every table (the terms of order > max_order; 0 when
         max_order ≥ T + 1).
-    bias_relevance: energy − total, relevance absorbed by biases, species shifts and
-        stabilisers (0 for GI rules with bias-free layers and no shifts).
     seconds: wall time of the decomposition.
     """
 
@@ -173,13 +154,12 @@ class NBody:
     energy: float
     total: float
     residual: float
-    bias_relevance: float
     seconds: float = 0.0
-    order_totals: dict[int, float] = field(default_factory=dict)
 
 
 def nbody_decomposition(potential, params, graph: Graph, max_order: int = 3,
-                        rules: RuleSet | str = "gi", chunk_size: int | None = 256) -> NBody:
+                        rules: RuleSet | str = "gi", chunk_size: int | None = 256,
+                        frame: int = 0) -> NBody:
     """Exact 1- to ``max_order``-body relevance terms of one frame.
 
     One masked backward pass per group of non-interacting connected sets (see
@@ -191,6 +171,7 @@ def nbody_decomposition(potential, params, graph: Graph, max_order: int = 3,
             most T + 1 atoms).
         rules: rule set or its name.
         chunk_size: masks per vmapped chunk; None = all at once.
+        frame: the frame number written into the tables' ``frame`` column.
 
     Raises:
         ValueError: max_order outside 1..T + 1, or a batched graph.
@@ -204,7 +185,7 @@ def nbody_decomposition(potential, params, graph: Graph, max_order: int = 3,
     sets = connected_sets(graph, max_order)
     rows = [np.pad(s, ((0, 0), (0, max_order - n)), constant_values=-1) for n, s in sets.items()]
     subset_r, energy, total = _subset_relevance(potential, params, graph, np.concatenate(rows),
-                                                as_rules(rules), chunk_size)
+                                                resolve_rules(rules), chunk_size)
     exact: dict[tuple[int, ...], float] = {}
     offset = 0
     for n, s in sets.items():
@@ -213,77 +194,11 @@ def nbody_decomposition(potential, params, graph: Graph, max_order: int = 3,
                         for sub in itertools.combinations(row, m))
             exact[row] = value - inner
         offset += len(s)
-    species = np.asarray(graph.species)
-    vectors = _pair_vectors(graph)
-    orders = {}
-    for n, s in sets.items():
-        values = np.array([exact[tuple(r)] for r in s.tolist()], np.float64)
-        orders[n] = _table(s, values, species, vectors)
-    order_totals = {n: float(t.relevance.sum()) for n, t in orders.items()}
+    positions, species = np.asarray(graph.positions), np.asarray(graph.species)
+    cell = None if graph.cell is None else np.asarray(graph.cell)
+    orders = {n: Table.from_terms(s, np.array([exact[tuple(r)] for r in s.tolist()], np.float64),
+                                  positions, species, cell, frame)
+              for n, s in sets.items()}
     return NBody(orders=orders, energy=float(energy), total=total,
-                 residual=total - sum(order_totals.values()), bias_relevance=float(energy) - total,
-                 seconds=time.perf_counter() - start, order_totals=order_totals)
-
-
-def nbody_decomposition_frames(potential, params, graph: Graph, max_order: int = 3,
-                               rules: RuleSet | str = "gi", chunk_size: int | None = 256,
-                               progress: bool = True) -> list[NBody]:
-    """:func:`nbody_decomposition` for every frame of a batched graph (one compile per
-    size class: mask counts are padded to powers of two)."""
-    frames = [graph.frame(k) for k in range(graph.positions.shape[0])] if graph.is_batched else [graph]
-    return [nbody_decomposition(potential, params, g, max_order, rules, chunk_size)
-            for g in tqdm(frames, desc="n-body decomposition", unit="frame", disable=not progress)]
-
-
-def _pair_vectors(graph: Graph):
-    """A function (i, j) → minimum-image vectors x_j − x_i (Å), vectorised over arrays."""
-    positions = np.asarray(graph.positions, np.float64)
-    cell = None if graph.cell is None else np.asarray(graph.cell, np.float64)
-    inverse = None if cell is None else np.linalg.inv(cell)
-
-    def vector(i, j):
-        d = positions[j] - positions[i]
-        if cell is None:
-            return d
-        frac = d @ inverse
-        return (frac - np.round(frac)) @ cell
-
-    return vector
-
-
-def _table(sets, values, species, vector) -> Table:
-    n = sets.shape[1]
-    pairs = list(itertools.combinations(range(n), 2))
-    distances = np.stack([np.linalg.norm(vector(sets[:, a], sets[:, b]), axis=-1) for a, b in pairs],
-                         axis=1) if pairs else np.zeros((len(sets), 0))
-    angles = None
-    if n == 3:
-        angles = np.zeros((len(sets), 3))
-        for c in range(3):
-            u = vector(sets[:, c], sets[:, (c + 1) % 3])
-            v = vector(sets[:, c], sets[:, (c + 2) % 3])
-            cos = np.sum(u * v, -1) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
-            angles[:, c] = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
-    return Table(atoms=sets, species=species[sets].astype(np.int32), relevance=values,
-                 distances=distances, angles=angles)
-
-
-def save_nbody(results: list[NBody], path, frames: list[int] | None = None,
-               extra: dict[str, np.ndarray] | None = None) -> None:
-    """Write n-body tables of many frames to one ``.npz``, one table per body order.
-
-    Keys for each order n: ``order{n}_frame`` (m,) frame index, ``order{n}_atoms`` (m, n),
-    ``order{n}_species`` (m, n), ``order{n}_relevance`` (m,) eV, ``order{n}_distances``
-    (m, n(n−1)/2) Å, and for n = 3 ``order3_angles`` (m, 3) degrees (angle at each atom).
-    ``extra`` arrays (e.g. the frames' positions) are stored under their own keys.
-    """
-    frames = list(range(len(results))) if frames is None else frames
-    out = dict(extra or {})
-    for n in sorted({n for r in results for n in r.orders}):
-        tables = [(f, r.orders[n]) for f, r in zip(frames, results) if n in r.orders]
-        out[f"order{n}_frame"] = np.concatenate([np.full(len(t.atoms), f, np.int32) for f, t in tables])
-        for key in ("atoms", "species", "relevance", "distances"):
-            out[f"order{n}_{key}"] = np.concatenate([getattr(t, key) for _, t in tables])
-        if n == 3:
-            out["order3_angles"] = np.concatenate([t.angles for _, t in tables])
-    np.savez(path, **out)
+                 residual=total - sum(float(t.relevance.sum()) for t in orders.values()),
+                 seconds=time.perf_counter() - start)

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrel.graph import Graph
-from jaxrel.relevance.backward import as_rules, masked_relevance, padded_layer_sets
-from jaxrel.relevance.rules import RuleSet
+from jaxrel.nn import RuleSet, resolve_rules
+from jaxrel.relevance.backward import masked_relevance, padded_layer_sets
 
 
 def successors(graph: Graph) -> list[np.ndarray]:
@@ -121,7 +121,7 @@ def walk_relevance(potential, params, graph: Graph, walks: np.ndarray,
     suffixes, inverse = np.unique(walks[:, 1:], axis=0, return_inverse=True)
     sets = np.concatenate([np.full((len(suffixes), 1), -1), suffixes], axis=1)[:, :, None]
     relevance, _, _ = masked_relevance(potential, params, graph,
-                                       padded_layer_sets(sets.astype(np.int32)), as_rules(rules),
+                                       padded_layer_sets(sets.astype(np.int32)), resolve_rules(rules),
                                        all_start=True, chunk_size=chunk_size)
     return np.asarray(relevance, np.float64)[inverse.ravel(), walks[:, 0]]
 
@@ -159,7 +159,7 @@ def top_k_walks(potential, params, graph: Graph, k: int, rules: RuleSet | str = 
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     _require_single_frame(graph)
-    rules = as_rules(rules)
+    rules = resolve_rules(rules)
     T = potential.config.n_interactions
     cap = max(1, min(int(suffixes_per_block), _MAX_BATCH))
     pred_idx, preds, colour = _topology(graph)
@@ -410,7 +410,7 @@ def _max_product_bounds(potential, params, graph, rules, states, preds, colour, 
 def _require_single_frame(graph: Graph) -> None:
     if graph.is_batched:
         raise ValueError("relevance works on one frame at a time: pass graph.frame(k), "
-                         "or use nbody_decomposition_frames for many frames")
+                         "or use jaxrel.explain for many frames")
 
 
 def _check_walks(graph: Graph, walks: np.ndarray, n_interactions: int) -> None:
@@ -434,7 +434,7 @@ def _suffix_bound(potential, params, graph: Graph, suffix, rules: RuleSet | str 
     """The search's bound on |R_W| over the completions of a suffix (i_t, …, i_T), 1 ≤ t < T,
     without the rounding margin (for tests)."""
     _require_single_frame(graph)
-    rules = as_rules(rules)
+    rules = resolve_rules(rules)
     T = potential.config.n_interactions
     suffix = [int(a) for a in suffix]
     t = T + 1 - len(suffix)

@@ -39,7 +39,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxrel.graph import safe_norm
+from jaxrel.nn.functional import safe_norm
 
 sg = jax.lax.stop_gradient
 
@@ -126,18 +126,14 @@ class RuleSet:
 RULES = {name: RuleSet(name) for name in RULE_NAMES}
 
 
-def apply_mask(h: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """h ← m ⊙ h + (1 − m) ⊙ sg(h): relevance flows only through atoms with m = 1.
+def resolve_rules(rules: RuleSet | str) -> RuleSet:
+    """A :class:`RuleSet` from itself or its name (default ε and γ).
 
-    Args:
-        h: (n_atoms, ...) features after a layer.
-        mask: (n_atoms,) float per-atom mask (one-hot for walks, indicator for
-            subgraphs; Xiong et al. ICML 2022), or None for no mask.
-
-    Returns:
-        Features with the same forward value as ``h``.
+    Raises:
+        ValueError: an unknown rule name (the message lists the known ones).
     """
-    if mask is None:
-        return h
-    m = mask.reshape(mask.shape + (1,) * (h.ndim - 1)).astype(h.dtype)
-    return m * h + (1 - m) * sg(h)
+    if isinstance(rules, RuleSet):
+        return rules
+    if rules not in RULES:
+        raise ValueError(f"unknown rule {rules!r}; known: {', '.join(RULE_NAMES)}")
+    return RULES[rules]

@@ -1,12 +1,13 @@
-"""Building blocks shared by the models: radial bases, cutoff, activations, readout.
+"""NaN-safe elementwise maths, activations, cutoff functions and radial bases.
 
-Formulas:
+Pure functions of arrays (no parameters). Formulas:
 * Gaussian radial basis and shifted softplus: Schütt et al., "SchNet – a deep learning
   architecture for molecules and materials", J. Chem. Phys. 2018, arXiv:1712.06113.
 * Cosine cutoff 0.5 (cos(π r / r_c) + 1): Behler, J. Chem. Phys. 2011.
 * sin(nπ r / r_c) / r radial basis: Schütt et al., "Equivariant message passing for the
   prediction of tensorial properties and molecular spectra" (PaiNN), ICML 2021,
   arXiv:2102.03150.
+* NaN-safe norm: the double-where form of e3nn-jax and jax-md.
 """
 
 from __future__ import annotations
@@ -15,9 +16,17 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
-from jaxrel.relevance.rules import RuleSet
+
+def safe_norm(x: jax.Array, axis: int = -1, keepdims: bool = False) -> jax.Array:
+    """Euclidean norm whose gradient is 0 (not NaN) at x = 0.
+
+    Uses the double-where form (e3nn-jax, jax-md) so padded and zero-length edges
+    never produce NaN gradients.
+    """
+    sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
 def shifted_softplus(x: jax.Array) -> jax.Array:
@@ -58,36 +67,3 @@ def sinc_rbf(r: jax.Array, cutoff: float, n_rbf: int) -> jax.Array:
     positive = r[:, None] > 0
     safe_r = jnp.where(positive, r[:, None], 1.0)
     return jnp.where(positive, jnp.sin(n * jnp.pi * safe_r / cutoff) / safe_r, n * jnp.pi / cutoff)
-
-
-class MLP(nnx.Module):
-    """Dense → activation → Dense on the node path; dense layers and activation follow ``rules``.
-
-    Args:
-        d_in, d_hidden, d_out: feature sizes.
-        activation: elementwise function routed through ``rules.activation``.
-    """
-
-    def __init__(self, d_in: int, d_hidden: int, d_out: int, activation, *, rngs: nnx.Rngs,
-                 param_dtype=jnp.float32):
-        self.first = nnx.Linear(d_in, d_hidden, rngs=rngs, param_dtype=param_dtype)
-        self.second = nnx.Linear(d_hidden, d_out, rngs=rngs, param_dtype=param_dtype)
-        self.activation = activation
-
-    def __call__(self, x: jax.Array, rules: RuleSet) -> jax.Array:
-        hidden = rules.activation(self.activation, rules.dense(self.first, x))
-        return rules.dense(self.second, hidden)
-
-
-class SpeciesShift(nnx.Variable):
-    """Fixed (not trained) per-species energy shifts and the energy scale, eV."""
-
-
-def species_lookup(species_list: tuple[int, ...], species: jax.Array) -> jax.Array:
-    """Index of each atomic number in ``species_list`` (padding Z = 0 maps to 0).
-
-    Unknown species must be rejected before this point (``Potential.check_graph``).
-    """
-    table = jnp.zeros(max(species_list) + 1, jnp.int32).at[jnp.asarray(species_list)].set(
-        jnp.arange(len(species_list), dtype=jnp.int32))
-    return table[jnp.clip(species, 0, max(species_list))]

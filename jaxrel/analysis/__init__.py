@@ -1,0 +1,28 @@
+"""What a trained potential learned, read off its explanation.
+
+Layers, each importing only the ones above it:
+
+* :mod:`~jaxrel.analysis.numerics`: numpy functions over :class:`~jaxrel.relevance.Table`\\ s
+  and :class:`~jaxrel.relevance.Explanation`\\ s returning small typed results (no plotting);
+* :mod:`~jaxrel.analysis.plots`: every figure (matplotlib, PNG), shared by all writers;
+* :mod:`~jaxrel.analysis.write` and :mod:`~jaxrel.analysis.recovery`: run analyses, write
+  CSV/JSON/PNG and return the results in memory;
+* :mod:`~jaxrel.analysis.report`: the self-contained HTML page.
+"""
+
+from jaxrel.analysis.numerics import (Agreement, BinnedCurve, Share, Shares, Strength, atomwise_comparison,
+                                      atomwise_relevance, body_order_shares, interaction_strength,
+                                      pair_relevance_curve, rdf_label, species_label, triplet_angle_profile,
+                                      triplet_distance_profile)
+from jaxrel.analysis.plots import (plot_atomwise, plot_body_order_shares, plot_decay, plot_pair_curves,
+                                   plot_triplet_profiles)
+from jaxrel.analysis.recovery import Recovery, TermRecovery, compare_with_ground_truth, is_ground_truth, write_recovery
+from jaxrel.analysis.report import build_report
+from jaxrel.analysis.write import Written, write_analysis
+
+__all__ = ["Agreement", "BinnedCurve", "Recovery", "Share", "Shares", "Strength", "TermRecovery", "Written",
+           "atomwise_comparison", "atomwise_relevance", "body_order_shares", "build_report",
+           "compare_with_ground_truth", "interaction_strength", "is_ground_truth", "pair_relevance_curve",
+           "plot_atomwise", "plot_body_order_shares", "plot_decay", "plot_pair_curves", "plot_triplet_profiles",
+           "rdf_label", "species_label", "triplet_angle_profile", "triplet_distance_profile", "write_analysis",
+           "write_recovery"]

@@ -1,0 +1,194 @@
+"""Figures of the analyses (matplotlib, PNG): one module shared by the analysis, the
+recovery of ground truth and the report.
+
+Every function takes results of :mod:`jaxrel.analysis.numerics` (or arrays), writes one
+PNG at ``FIGURE_DPI`` and returns its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from jaxrel.analysis.numerics import BinnedCurve, Shares, Strength, atomwise_comparison, species_label
+
+FIGURE_DPI = 150
+
+
+def _save(fig: Figure, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight")
+    return path
+
+
+def _colour(i: int) -> str:
+    return f"C{i % 10}"
+
+
+def plot_pair_curves(curves: dict[tuple[int, int], BinnedCurve], path, *, rdf: dict | None = None,
+                     reference: dict | None = None,
+                     title: str = "", names: dict[int, str] | None = None,
+                     rdf_label: str = "g(r)") -> Path:
+    """Mean 2-body relevance ± standard error against distance, one colour per species pair.
+
+    Args:
+        curves: :func:`pair_relevance_curve` output (empty bins are not drawn).
+        path: PNG to write.
+        rdf: optional {pair: (r Å, g)} from :func:`jaxrel.geometry.partial_rdf`, dotted on a twin axis.
+        reference: optional {pair: (r Å, energy eV)}, e.g. the exact pair potential, dashed.
+        names: species labels {Z: label}.
+        rdf_label: twin-axis label (see :func:`rdf_label`).
+
+    Returns:
+        ``path`` as a Path.
+    """
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    twin = ax.twinx() if rdf else None
+    for i, (key, c) in enumerate(sorted(curves.items())):
+        shown = c.count > 0
+        r, mean, sem = c.x[shown], c.mean[shown], c.sem[shown]
+        ax.plot(r, mean, "o-", ms=3, color=_colour(i), label=f"{species_label(key, names)} relevance")
+        ax.fill_between(r, mean - sem, mean + sem, color=_colour(i), alpha=0.25, lw=0)
+        if reference and key in reference:
+            ax.plot(*reference[key], "--", color=_colour(i), label=f"{species_label(key, names)} reference")
+        if twin is not None and key in rdf:
+            twin.plot(*rdf[key], ":", color=_colour(i), lw=1.2)
+    ax.axhline(0.0, color="0.6", lw=0.8)
+    ax.set_xlabel("distance r (Å)")
+    ax.set_ylabel("mean 2-body relevance R₂ (eV)")
+    handles, labels = ax.get_legend_handles_labels()
+    if twin is not None:
+        twin.set_ylabel(rdf_label)
+        handles.append(ax.plot([], [], "k:", lw=1.2)[0])
+        labels.append(f"dotted: {rdf_label}")
+    ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.18 if twin else 1.02, 1.0))
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_triplet_profiles(profiles: dict[tuple[int, int, int], BinnedCurve], path, *,
+                          xlabel: str = "angle at the centre atom (deg)",
+                          names: dict[int, str] | None = None, reference: dict | None = None) -> Path:
+    """Mean 3-body relevance ± standard error per species triplet.
+
+    Args:
+        profiles: :func:`triplet_angle_profile` or :func:`triplet_distance_profile` output.
+        path: PNG to write.
+        xlabel: x-axis label (say "shortest side (Å)" for distance profiles).
+        names: species labels {Z: label}.
+        reference: optional {triplet: (x, mean energy eV)}, e.g. the exact 3-body energies
+            of the same triplets, dashed.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    for i, (key, p) in enumerate(sorted(profiles.items())):
+        shown = p.count > 0
+        x, mean, sem = p.x[shown], p.mean[shown], p.sem[shown]
+        ax.plot(x, mean, "o-", ms=3, color=_colour(i), label=species_label(key, names))
+        ax.fill_between(x, mean - sem, mean + sem, color=_colour(i), alpha=0.25, lw=0)
+        if reference and key in reference:
+            ax.plot(*reference[key], "--", color=_colour(i), label=f"{species_label(key, names)} reference")
+    ax.axhline(0.0, color="0.6", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("mean 3-body relevance R₃ (eV)")
+    ax.legend(fontsize=8, title="end–centre–end", title_fontsize=8)
+    return _save(fig, path)
+
+
+def plot_body_order_shares(shares: Shares, path) -> Path:
+    """Bars of the pooled energy share and |R| share per body order (and the residual),
+    error bars the standard deviation of the per-frame shares.
+
+    Args:
+        shares: :func:`body_order_shares` output.
+        path: PNG to write.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    fig = Figure(figsize=(8.0, 3.8))
+    for j, (kind, title) in enumerate((("energy_share", "share of Σ R (signed)"),
+                                       ("abs_share", "share of Σ |R|"))):
+        ax = fig.add_subplot(1, 2, j + 1)
+        parts = getattr(shares, kind)
+        names = list(parts)
+        pooled = [parts[k].pooled for k in names]
+        spread = [np.std(parts[k].per_frame) for k in names]
+        ax.bar(range(len(names)), pooled, yerr=spread, color=[_colour(i) for i in range(len(names))],
+               capsize=3)
+        ax.set_xticks(range(len(names)), [f"{k}-body" if k != "residual" else "residual" for k in names])
+        ax.axhline(0.0, color="0.6", lw=0.8)
+        ax.set_title(f"{title}, {len(shares.frames)} frames", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_decay(strength: dict[tuple[int, int], Strength], path, *,
+               names: dict[int, str] | None = None) -> Path:
+    """Mean |R₂| per distance bin on a log axis with the fitted exponential a − r/λ.
+
+    Args:
+        strength: :func:`interaction_strength` output.
+        path: PNG to write.
+        names: species labels {Z: label}.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    for i, (key, s) in enumerate(sorted(strength.items())):
+        b = s.bins
+        shown = (b.count > 0) & (b.mean > 0)
+        label = species_label(key, names)
+        ax.semilogy(b.x[shown], b.mean[shown], "o", ms=4, color=_colour(i), label=label)
+        if s.decay_length_A is not None:
+            r = b.x[shown]
+            ax.semilogy(r, s.amplitude_eV * np.exp(-r / s.decay_length_A), "-", color=_colour(i),
+                        label=f"{label} fit, λ = {s.decay_length_A:.3g} Å")
+    ax.set_xlabel("distance r (Å)")
+    ax.set_ylabel("mean |R₂| (eV)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_atomwise(predicted: np.ndarray, reference: np.ndarray, path, *, xlabel: str, ylabel: str) -> Path:
+    """Scatter of predicted against reference atomwise energies with y = x and the
+    :func:`atomwise_comparison` statistics in the legend.
+
+    Args:
+        predicted, reference: same shape, eV.
+        path: PNG to write.
+        xlabel, ylabel: axis labels (reference on x, predicted on y).
+
+    Returns:
+        ``path`` as a Path.
+    A constant side (e.g. the exact 3-body energies of a null test, all 0) has no
+    correlation; the legend then gives n and the MAE only.
+
+    Raises:
+        ValueError: as :func:`atomwise_comparison`, except for a constant side.
+    """
+    x, y = np.ravel(reference), np.ravel(predicted)
+    if x.shape == y.shape and len(x) >= 2 and (np.ptp(x) == 0 or np.ptp(y) == 0):
+        label = f"n = {len(x)}, MAE = {np.mean(np.abs(y - x)):.3g} eV (one side constant)"
+    else:
+        stats = atomwise_comparison(predicted, reference)
+        label = (f"n = {stats.n}, r = {stats.pearson_r:.3f}, R² = {stats.r2:.3f}\n"
+                 f"MAE = {stats.mae:.3g} eV, RMSE = {stats.rmse:.3g} eV\n"
+                 f"fit y = {stats.slope:.3f} x + {stats.intercept:.3g} eV")
+    fig = Figure(figsize=(4.8, 4.6))
+    ax = fig.add_subplot()
+    ax.plot(x, y, ".", ms=3, alpha=0.6, label=label)
+    lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

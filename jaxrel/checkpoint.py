@@ -1,0 +1,71 @@
+"""Checkpoints of potentials: ``config.json`` (hyperparameters, metadata) and ``params.msgpack``.
+
+Loading needs only flax and the model definitions, not the training code or optax, so
+the calculator, MD, explanations and reports load a model without importing
+:mod:`jaxrel.train`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrel.models import ModelConfig, Potential
+
+UNITS = {"length": "Å", "energy": "eV", "forces": "eV/Å"}
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(directory: str | Path, potential: Potential, params,
+                    metadata: dict | None = None) -> Path:
+    """Write ``config.json`` and ``params.msgpack`` into ``directory`` (created if needed).
+
+    ``metadata`` (JSON-serialisable) is stored under ``"metadata"`` in config.json.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"format": CHECKPOINT_FORMAT, "model": potential.config.to_dict(), "units": UNITS,
+              "metadata": metadata or {}}
+    data = flax.serialization.msgpack_serialize(jax.device_get(nnx.to_pure_dict(params)))
+    (directory / "params.msgpack").write_bytes(data)
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
+def load_checkpoint(directory: str | Path) -> tuple[Potential, nnx.State, dict]:
+    """Reload a checkpoint written by :func:`save_checkpoint`.
+
+    Returns:
+        ``(potential, params, metadata)``; params are bit-identical to the saved ones.
+    Raises:
+        FileNotFoundError: the folder or one of its two files is missing.
+        ValueError: config.json or params.msgpack is unreadable or does not match.
+    """
+    directory = Path(directory)
+    for name in ("config.json", "params.msgpack"):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"no checkpoint at {directory}: {name} is missing; pass the "
+                                    "model folder written by 'jaxrel train' (OUT/model)")
+    try:
+        config = json.loads((directory / "config.json").read_text())
+        model_config = ModelConfig.from_dict(config["model"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint {directory}/config.json is corrupt ({err}); retrain or "
+                         "restore the file") from None
+    potential, template = Potential.create(model_config)
+    try:
+        restored = flax.serialization.msgpack_restore((directory / "params.msgpack").read_bytes())
+        expected = jax.tree.map(lambda x: (x.shape, x.dtype), nnx.to_pure_dict(template))
+        found = jax.tree.map(lambda x: (x.shape, x.dtype), restored)
+        if expected != found:
+            raise ValueError("parameter shapes do not match the model config")
+        nnx.replace_by_pure_dict(template, jax.tree.map(jnp.asarray, restored))
+    except Exception as err:  # msgpack raises many types on truncated or foreign bytes
+        raise ValueError(f"checkpoint {directory}/params.msgpack is corrupt ({type(err).__name__}: "
+                         f"{err}); retrain or restore the file") from None
+    return potential, template, config.get("metadata", {})

@@ -1,0 +1,316 @@
+"""One owner for an explanation: :func:`explain` makes an :class:`Explanation`, which is the
+only writer and reader of an explained folder (``nbody.npz`` + ``summary.json``).
+
+An explanation of frames by GNN-LRP (Schnake et al., "Higher-order explanations of graph
+neural networks via relevant walks", TPAMI 2022, arXiv:2006.03589; subgraph relevance by
+Xiong et al., ICML 2022) holds
+
+* the exact n-body relevance terms of each body order, one :class:`~jaxrel.relevance.Table`
+  per order with a frame column;
+* the per-frame accounting: energy E = species shifts + Σ walk relevances + conservation
+  error (what biases and rule stabilisers absorb), Σ walk relevances = Σ listed n-body terms
+  + higher-order residual (the orders above ``max_order``), and the seconds spent;
+* the model's atomwise energies E_i of the same frames;
+* the geometry (positions, species, cell) and the run's metadata (model config, rule,
+  jaxrel version, model and data paths).
+
+Folder layout (file names and keys as written since jaxrel 0.1.0, so older folders load)::
+
+    nbody.npz     order{n}_frame, order{n}_atoms, order{n}_species, order{n}_relevance,
+                  order{n}_distances, order3_angles (see Table); positions (n_frames, n_atoms, 3) Å,
+                  species (n_atoms,), frame_index (n_frames,), cell (n_frames, 3, 3) Å if periodic,
+                  atomwise_energy (n_frames, n_atoms) eV (format 2 on)
+    summary.json  model, data, rule, epsilon, gamma, max_order, units, notes, frames: [{frame,
+                  energy_eV, sum_relevance_eV, species_shift_eV, conservation_error_eV,
+                  higher_order_residual_eV, body_order_totals_eV, n_terms, seconds}],
+                  format, jaxrel_version, model_config (format 2 on)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxrel.graph import Graph, build_graphs
+from jaxrel.nn import RuleSet, resolve_rules
+from jaxrel.relevance.nbody import nbody_decomposition
+from jaxrel.relevance.table import COLUMNS, Table, frame_positions
+from jaxrel.version import __version__
+
+FORMAT = 2
+"""Folder format written by :meth:`Explanation.save`: 1 = jaxrel 0.1.0 before atomwise
+energies and metadata were stored (still loads; ``atomwise_energy`` is then None)."""
+
+NOTES = {"sum_relevance_eV": "Σ of all walk relevances = unmasked gradient × input",
+         "conservation_error_eV": "energy − species shifts − Σ relevance: relevance absorbed by "
+                                  "biases and rule stabilisers",
+         "higher_order_residual_eV": "Σ relevance − Σ listed n-body terms: terms of body order "
+                                     "above max_order"}
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Exact n-body relevance of frames with its accounting, geometry and metadata.
+
+    Fields (n_frames F, atoms N)::
+
+        tables                 {n: Table}                 | body order n → its terms over all frames
+        frames                 (F,) int                   | frame numbers (index into the source data)
+        energy                 (F,) float64               | eV, the model's energy
+        species_shift          (F,) float64               | eV, Σ of the fixed per-species shifts
+        sum_relevance          (F,) float64               | eV, Σ of all walk relevances
+        higher_order_residual  (F,) float64               | eV, Σ relevance − Σ listed terms
+        seconds                (F,) float64               | s, wall time of each frame's decomposition
+        positions              (F, N, 3) float64          | Å
+        species                (N,) int                   | atomic numbers (CG bead ids)
+        cell                   (F, 3, 3) float64 or None  | Å, rows are cell vectors; None = free space
+        atomwise_energy        (F, N) float64 or None     | eV, the model's E_i (None: format-1 folder)
+        metadata               dict                       | rule, epsilon, gamma, max_order, model,
+                                                            data, model_config, jaxrel_version
+    """
+
+    tables: dict[int, Table]
+    frames: np.ndarray
+    energy: np.ndarray
+    species_shift: np.ndarray
+    sum_relevance: np.ndarray
+    higher_order_residual: np.ndarray
+    seconds: np.ndarray
+    positions: np.ndarray
+    species: np.ndarray
+    cell: np.ndarray | None
+    atomwise_energy: np.ndarray | None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def conservation_error(self) -> np.ndarray:
+        """E − species shifts − Σ relevance per frame, eV: what biases and stabilisers absorb
+        (0 for GI rules on bias-free layers)."""
+        return self.energy - self.species_shift - self.sum_relevance
+
+    @property
+    def max_order(self) -> int:
+        """The highest body order explained."""
+        return max(self.tables)
+
+    @property
+    def n_atoms(self) -> int:
+        """Atoms per frame."""
+        return len(self.species)
+
+    def order_totals(self, n: int) -> np.ndarray:
+        """Σ of the n-body terms of each frame, (F,) eV."""
+        return self.tables[n].frame_sums(self.frames)
+
+    def frame_rows(self, frame: np.ndarray) -> np.ndarray:
+        """Position of each frame number in :attr:`frames`; ValueError if one is absent."""
+        return frame_positions(frame, self.frames)
+
+    def save(self, directory) -> Path:
+        """Write ``nbody.npz`` and ``summary.json`` into ``directory`` (created).
+
+        Returns:
+            The folder as a Path.
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        arrays = {"positions": self.positions, "species": np.asarray(self.species),
+                  "frame_index": np.asarray(self.frames)}
+        if self.cell is not None:
+            arrays["cell"] = self.cell
+        if self.atomwise_energy is not None:
+            arrays["atomwise_energy"] = self.atomwise_energy
+        for n, table in sorted(self.tables.items()):
+            for key in COLUMNS:
+                if getattr(table, key) is not None:
+                    arrays[f"order{n}_{key}"] = getattr(table, key)
+        np.savez(out / "nbody.npz", **arrays)
+        totals = {n: self.order_totals(n) for n in self.tables}
+        counts = {n: np.bincount(self.frame_rows(t.frame), minlength=len(self.frames))
+                  for n, t in self.tables.items()}
+        frames = [{"frame": int(f), "energy_eV": float(self.energy[k]),
+                   "sum_relevance_eV": float(self.sum_relevance[k]),
+                   "species_shift_eV": float(self.species_shift[k]),
+                   "conservation_error_eV": float(self.conservation_error[k]),
+                   "higher_order_residual_eV": float(self.higher_order_residual[k]),
+                   "body_order_totals_eV": {str(n): float(totals[n][k]) for n in sorted(totals)},
+                   "n_terms": {str(n): int(counts[n][k]) for n in sorted(counts)},
+                   "seconds": float(self.seconds[k])} for k, f in enumerate(self.frames)]
+        meta = dict(self.metadata)
+        summary = {"model": meta.pop("model", None), "data": meta.pop("data", None),
+                   "rule": meta.pop("rule", None), "epsilon": meta.pop("epsilon", None),
+                   "gamma": meta.pop("gamma", None), "max_order": self.max_order,
+                   "units": {"energy": "eV", "distance": "Å", "angle": "degree"}, "notes": NOTES,
+                   "frames": frames, "format": FORMAT, **meta}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
+        return out
+
+    @classmethod
+    def load(cls, directory) -> "Explanation":
+        """Read a folder written by :meth:`save` (or by ``jaxrel explain``).
+
+        Raises:
+            FileNotFoundError: the folder or one of its two files is missing.
+            ValueError: a file that is not a readable npz/JSON, a missing or misshapen table
+                column, a folder of a format newer than this jaxrel reads or without frame
+                geometry (jaxrel before 0.1.0), or tables and summary from different runs.
+        """
+        path = Path(directory)
+        npz, summary_path = path / "nbody.npz", path / "summary.json"
+        for file in (npz, summary_path):
+            if not file.is_file():
+                raise FileNotFoundError(f"{file} does not exist: run `jaxrel explain --out {path}` first")
+        try:
+            with np.load(npz, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{npz} is not a readable npz file ({err}): rerun jaxrel explain") from None
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{summary_path} is not valid JSON ({err}): rerun jaxrel explain") from None
+        if not isinstance(summary, dict) or not isinstance(summary.get("frames"), list):
+            raise ValueError(f"{summary_path} has no 'frames' list: rerun jaxrel explain")
+        version = summary.get("format", 1)
+        if version > FORMAT:
+            raise ValueError(f"{path} is an explanation of format {version}, newer than the format {FORMAT} "
+                             "this jaxrel reads: update jaxrel")
+        missing = [k for k in ("positions", "species", "frame_index") if k not in arrays]
+        if missing:
+            raise ValueError(f"{npz} has no frame geometry ({', '.join(missing)}): it was written by a jaxrel "
+                             "older than 0.1.0, which this version cannot read; rerun jaxrel explain")
+        orders = sorted(int(m.group(1)) for key in arrays if (m := re.fullmatch(r"order(\d+)_frame", key)))
+        tables = {}
+        for n in orders:
+            keys = COLUMNS if n == 3 else COLUMNS[:-1]
+            absent = [f"order{n}_{k}" for k in keys if f"order{n}_{k}" not in arrays]
+            if absent:
+                raise ValueError(f"{npz} lacks {', '.join(absent)}: rerun jaxrel explain")
+            try:
+                tables[n] = Table(**{k: arrays[f"order{n}_{k}"] for k in keys})
+            except ValueError as err:
+                raise ValueError(f"{npz}: {err}; rerun jaxrel explain") from None
+        listed = summary["frames"]
+        frames = np.array([f["frame"] for f in listed], np.int64)
+        if not np.array_equal(frames, arrays["frame_index"]):
+            raise ValueError(f"{npz} stores frames {arrays['frame_index'].tolist()} but summary.json lists "
+                             f"{frames.tolist()}: the two files come from different runs, rerun jaxrel explain")
+
+        def column(key):
+            return np.array([f[key] for f in listed], np.float64)
+
+        meta = {k: v for k, v in summary.items() if k not in ("frames", "units", "notes", "format", "max_order")}
+        cell = arrays.get("cell")
+        explanation = cls(tables=tables, frames=frames, energy=column("energy_eV"),
+                          species_shift=column("species_shift_eV"), sum_relevance=column("sum_relevance_eV"),
+                          higher_order_residual=column("higher_order_residual_eV"), seconds=column("seconds"),
+                          positions=np.asarray(arrays["positions"], np.float64), species=arrays["species"],
+                          cell=None if cell is None else np.asarray(cell, np.float64),
+                          atomwise_energy=arrays.get("atomwise_energy"), metadata=meta)
+        try:
+            explanation._check_totals(listed)
+        except ValueError as err:
+            raise ValueError(f"{npz}: {err}") from None
+        return explanation
+
+    def _check_totals(self, listed: list[dict]) -> None:
+        """The tables' per-frame sums agree with the totals summary.json lists."""
+        for n, table in self.tables.items():
+            totals = table.frame_sums(self.frames)
+            scale = table.frame_sums(self.frames, absolute=True)
+            expected = np.array([f.get("body_order_totals_eV", {}).get(str(n), 0.0) for f in listed])
+            bad = np.flatnonzero(np.abs(totals - expected) > 1e-6 * scale + 1e-9)
+            if len(bad):
+                k = bad[0]
+                raise ValueError(f"the {n}-body terms of frame {self.frames[k]} sum to {totals[k]:.6g} eV but "
+                                 f"summary.json lists {expected[k]:.6g} eV: the two files come from different "
+                                 "runs, rerun jaxrel explain")
+
+
+def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | str = "gi",
+            chunk_size: int | None = 256, frame_index=None, model_path=None, data_path=None,
+            progress: bool = False) -> Explanation:
+    """Explain frames by their exact 1- to ``max_order``-body GNN-LRP relevance terms.
+
+    For each frame: one forward pass, masked backward passes over the connected atom sets
+    (vmapped, chunked), Möbius inversion to n-body terms (:func:`nbody_decomposition`), and
+    the accounting E = species shifts + Σ relevance + conservation error.
+
+    Args:
+        potential, params: the model (e.g. from :func:`jaxrel.checkpoint.load_checkpoint`).
+        frames: a :class:`jaxrel.data.Frames` (as :func:`jaxrel.data.read_frames` returns;
+            graphs are built at the model's cutoff) or a :class:`~jaxrel.graph.Graph` of one
+            or many frames of one system (the same real atoms in every frame, padding last).
+        max_order: highest body order, 1 ≤ max_order ≤ n_interactions + 1.
+        rules: a :class:`~jaxrel.nn.RuleSet` or its name (``"gi"``, ``"lrp-eps"``, ``"lrp-gamma"``).
+        chunk_size: masks per vmapped backward chunk (bounds memory); None = all at once.
+        frame_index: (F,) int frame numbers recorded in the tables (default 0..F−1), e.g. the
+            indices of the selected frames in the data file.
+        model_path, data_path: recorded in the metadata (the report finds ground truth
+            through ``data_path``).
+        progress: a progress bar over frames.
+
+    Returns:
+        :class:`Explanation`.
+    Raises:
+        ValueError: max_order outside 1..n_interactions + 1, an unknown rule, species the
+            model was not trained on, bad positions or cells (as
+            :func:`jaxrel.graph.build_graphs`), frames with different atoms, or a
+            ``frame_index`` of the wrong length.
+    """
+    T = potential.config.n_interactions
+    if not 1 <= max_order <= T + 1:
+        raise ValueError(f"max_order must be between 1 and T + 1 = {T + 1} for a model with "
+                         f"{T} interactions, got {max_order}")
+    rules = resolve_rules(rules)
+    graph, positions, species, cell = _graph_and_geometry(potential, frames)
+    n_frames = graph.positions.shape[0]
+    index = np.arange(n_frames) if frame_index is None else np.asarray(frame_index, np.int64).reshape(-1)
+    if len(index) != n_frames:
+        raise ValueError(f"frame_index has {len(index)} entries for {n_frames} frames: give one number per frame")
+    results = [nbody_decomposition(potential, params, graph.frame(k), max_order, rules, chunk_size,
+                                   frame=int(index[k]))
+               for k in tqdm(range(n_frames), desc="n-body decomposition", unit="frame", disable=not progress)]
+    atomwise = np.asarray(jax.jit(potential.atomwise_energy)(params, graph), np.float64)[:, :len(species)]
+    shifts = potential.species_shifts(params)
+    shift_total = float(sum(shifts[int(z)] for z in species))
+    tables = {n: Table.concatenate([r.orders[n] for r in results]) for n in range(1, max_order + 1)}
+    metadata = {"model": None if model_path is None else str(model_path),
+                "data": None if data_path is None else str(data_path), "rule": rules.name,
+                "epsilon": rules.epsilon, "gamma": rules.gamma if not isinstance(rules.gamma, tuple) else list(rules.gamma),
+                "model_config": potential.config.to_dict(), "jaxrel_version": __version__}
+    return Explanation(
+        tables=tables, frames=index, energy=np.array([r.energy for r in results]),
+        species_shift=np.full(n_frames, shift_total), sum_relevance=np.array([r.total for r in results]),
+        higher_order_residual=np.array([r.residual for r in results]),
+        seconds=np.array([r.seconds for r in results]), positions=positions,
+        species=species, cell=cell, atomwise_energy=atomwise, metadata=metadata)
+
+
+def _graph_and_geometry(potential, frames):
+    """(batched graph in the model's dtype, positions (F, N, 3), species (N,), cell (F, 3, 3) or None)."""
+    if isinstance(frames, Graph):
+        graph = frames if frames.is_batched else jax.tree.map(lambda x: x[None], frames)
+        potential.check_graph(graph)
+        mask = np.asarray(graph.node_mask)
+        n_real = int(mask[0].sum())
+        species = np.asarray(graph.species)
+        if not (mask[:, :n_real].all() and not mask[:, n_real:].any() and (species == species[:1]).all()):
+            raise ValueError("the graph's frames hold different atoms: explain one system (the same real "
+                             "atoms, padding last) per call")
+        positions = np.asarray(graph.positions, np.float64)[:, :n_real]
+        cell = None if graph.cell is None else np.broadcast_to(
+            np.asarray(graph.cell, np.float64), (len(positions), 3, 3)).copy()
+        return graph.astype(potential.config.dtype), positions, species[0, :n_real], cell
+    potential.check_species(frames.species)
+    graph = build_graphs(frames.positions, frames.species, potential.config.cutoff,
+                         cell=frames.cell).astype(potential.config.dtype)
+    cell = None if frames.cell is None else np.broadcast_to(frames.cell, (len(frames), 3, 3)).copy()
+    return graph, np.asarray(frames.positions, np.float64), np.asarray(frames.species), cell

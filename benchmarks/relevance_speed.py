@@ -100,7 +100,6 @@ def main() -> None:
 
     # Naive: one masked forward + backward per walk, as the published reference code does.
     h_in = potential.embedding(params, graph)
-    layers, energy_readout = potential.layer_functions(params, graph, "gi")
 
     def masked(h, mask):  # h ← m ⊙ h + (1 − m) ⊙ sg(h) (Schnake et al. 2022)
         return jax.tree.map(lambda x: mask.reshape(mask.shape + (1,) * (x.ndim - 1)) * x
@@ -110,7 +109,8 @@ def main() -> None:
     def one_walk(walk):
         masks = jnp.zeros((4, graph.n_atoms), h_in.dtype).at[jnp.arange(4), walk].set(1.0)
 
-        def energy(h):
+        def energy(h):  # the whole forward pass per walk, as in the published code
+            layers, energy_readout = potential.layer_functions(params, graph, "gi")
             h = masked(h, masks[0])
             for t, layer in enumerate(layers):
                 h = masked(layer(h), masks[t + 1])

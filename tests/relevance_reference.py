@@ -2,8 +2,9 @@
 
 Independent of the engine in ``jaxrel.relevance`` (walks, subsets, n-body): walks are
 enumerated with plain Python recursion over an adjacency dict, and every walk or subset
-gets its own masked forward/backward pass of the potential, composed here from the
-model's ``embedding`` and ``layer_functions``, as in the published reference code.
+gets its own masked forward/backward pass of the potential (``helpers.masked_atomwise_energy``,
+composed from the model's ``embedding`` and ``layer_functions``), as in the published
+reference code.
 Only the rule sets are shared with the library.
 
 Definitions (walk relevance: Schnake et al., "Higher-order explanations of graph neural
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from helpers import masked_atomwise_energy
 from jaxrel.nn import RuleSet
 
 
@@ -81,31 +83,10 @@ def connected_subsets(graph, order: int) -> list[tuple[int, ...]]:
     return out
 
 
-def _masked(h, mask):
-    """m ⊙ h + (1 − m) ⊙ sg(h) on every array of the layer state (atoms on axis 0)."""
-    def one(x):
-        m = mask.reshape(mask.shape + (1,) * (x.ndim - 1)).astype(x.dtype)
-        return m * x + (1 - m) * jax.lax.stop_gradient(x)
-
-    return jax.tree.map(one, h)
-
-
-def masked_energy(pot, params, h0, graph, rules, masks):
-    """E = Σ_i E_i (eV) of one frame from input features h⁽⁰⁾ with per-layer masks
-    ((T + 1, n_atoms); None = no masks), composed from ``pot.layer_functions``."""
-    layers, energy_readout = pot.layer_functions(params, graph, rules)
-    h = h0 if masks is None else _masked(h0, masks[0])
-    for t, layer in enumerate(layers, start=1):
-        h = layer(h)
-        if masks is not None:
-            h = _masked(h, masks[t])
-    return energy_readout(h).sum()
-
-
 def _relevance(pot, params, graph, masks, rules):
     """Σ_f h⁽⁰⁾ ⊙ ∂E/∂h⁽⁰⁾ per atom under per-layer masks: (n_atoms,) eV."""
     h0 = pot.embedding(params, graph)
-    grad = jax.grad(lambda h: masked_energy(pot, params, h, graph, rules, masks))(h0)
+    grad = jax.grad(lambda h: masked_atomwise_energy(pot, params, h, graph, rules, masks).sum())(h0)
     return jnp.sum(h0 * grad, axis=-1)
 
 

@@ -203,3 +203,17 @@ def test_explain_rejects_bad_arguments_in_one_line(argon_explanation, kwargs, me
     with pytest.raises(ValueError) as info:
         jaxrel.explain(pot, params, graph, **{"max_order": 2, **kwargs})
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("distances", np.zeros((3, 2)), r"distances has shape \(3, 2\), expected \(2, 3\)"),
+    ("atoms", np.zeros((2, 2), int), r"species has shape \(2, 3\), expected \(2, 2\)"),
+    ("angles", None, r"angles has shape None, expected \(2, 3\)"),
+])
+def test_a_table_with_misshaped_columns_is_rejected_in_one_line(column, value, message):
+    columns = dict(frame=np.zeros(2), atoms=np.array([[0, 1, 2], [1, 2, 3]]), species=np.full((2, 3), 18),
+                   relevance=np.zeros(2), distances=np.ones((2, 3)), angles=np.full((2, 3), 60.0))
+    columns[column] = value
+    with pytest.raises(ValueError, match=message) as info:
+        Table(**columns)
+    assert "\n" not in str(info.value)

@@ -5,7 +5,7 @@ Scalar features s_i ∈ R^F and vector features v_i ∈ R^{3×F} (v⁽⁰⁾ = 0
 Update: U v, V v; (d, e, f) = MLP([s, ‖V v‖]); Δv = d ⊙ U v, Δs = f + e ⊙ ⟨U v, V v⟩.
 Readout E_i = scale · MLP(s_i) + e_{Z_i}.
 
-Relevance policy (products of node-dependent factors, see jaxrel.relevance.rules): in
+Relevance policy (products of node-dependent factors, see jaxrel.nn.rules): in
 b ⊙ v_j, d ⊙ U v and e ⊙ ⟨U v, V v⟩ the scalar gates b, d, e (and V v) are the frozen
 factor; c ⊙ r̂_ij is linear in c (r̂ is a fixed edge weight); vector norms use
 v · sg(v/‖v‖). Gradient × input then counts each term once, and with GI rules and no

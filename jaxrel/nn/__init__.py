@@ -1,8 +1,8 @@
 """What the models are made of: rule-aware layers, activations, radial bases, cutoffs.
 
-Nothing here knows the relevance engine. A :class:`RuleSet` is static data that a model's
-forward pass routes every node-path nonlinearity through; the relevance engine
-(:mod:`jaxrel.relevance`) chooses the rule set and reads gradient × input.
+Nothing here imports the explainer. A :class:`RuleSet` is static data, passed to a model's
+forward pass as an argument, that every node-path nonlinearity is routed through; whoever
+evaluates the model (training: the identity rule; attribution: GI, LRP-ε, LRP-γ) chooses it.
 """
 
 from jaxrel.nn.functional import cosine_cutoff, gaussian_rbf, safe_norm, shifted_softplus, sinc_rbf

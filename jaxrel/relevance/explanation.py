@@ -32,6 +32,7 @@ import json
 import re
 import zipfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -265,10 +266,6 @@ def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | s
             :func:`jaxrel.graph.build_graphs`), frames with different atoms, or a
             ``frame_index`` of the wrong length.
     """
-    T = potential.config.n_interactions
-    if not 1 <= max_order <= T + 1:
-        raise ValueError(f"max_order must be between 1 and T + 1 = {T + 1} for a model with "
-                         f"{T} interactions, got {max_order}")
     rules = resolve_rules(rules)
     graph, positions, species, cell = _graph_and_geometry(potential, frames)
     n_frames = graph.positions.shape[0]
@@ -278,7 +275,7 @@ def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | s
     results = [nbody_decomposition(potential, params, graph.frame(k), max_order, rules, chunk_size,
                                    frame=int(index[k]))
                for k in tqdm(range(n_frames), desc="n-body decomposition", unit="frame", disable=not progress)]
-    atomwise = np.asarray(jax.jit(potential.atomwise_energy)(params, graph), np.float64)[:, :len(species)]
+    atomwise = np.asarray(_atomwise_energy(potential, params, graph), np.float64)[:, :len(species)]
     shifts = potential.species_shifts(params)
     shift_total = float(sum(shifts[int(z)] for z in species))
     tables = {n: Table.concatenate([r.orders[n] for r in results]) for n in range(1, max_order + 1)}
@@ -292,6 +289,12 @@ def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | s
         higher_order_residual=np.array([r.residual for r in results]),
         seconds=np.array([r.seconds for r in results]), positions=positions,
         species=species, cell=cell, atomwise_energy=atomwise, metadata=metadata)
+
+
+@partial(jax.jit, static_argnames="potential")
+def _atomwise_energy(potential, params, graph: Graph) -> jax.Array:
+    """The model's atomwise energies (F, n_atoms) eV, compiled once per model and size class."""
+    return potential.atomwise_energy(params, graph)
 
 
 def _graph_and_geometry(potential, frames):

@@ -49,10 +49,10 @@ class Table:
         set_(self, "atoms", atoms)
         set_(self, "species", np.asarray(self.species, np.int32))
         set_(self, "relevance", np.asarray(self.relevance, np.float64))
-        set_(self, "distances", np.asarray(self.distances, np.float64).reshape(m, n * (n - 1) // 2))
+        set_(self, "distances", np.asarray(self.distances, np.float64))
         if self.angles is not None:
             set_(self, "angles", np.asarray(self.angles, np.float64))
-        widths = {"atoms": (m, n), "species": (m, n), "relevance": (m,)}
+        widths = {"atoms": (m, n), "species": (m, n), "relevance": (m,), "distances": (m, n * (n - 1) // 2)}
         if n == 3:
             widths["angles"] = (m, 3)
         for key, shape in widths.items():

@@ -1,5 +1,8 @@
 """Relevance engine: relevant walks (GNN-LRP), subgraph relevance, n-body terms, explanations.
 
+The model's own many-body expansion (:mod:`jaxrel.relevance.mbe`, Chong et al. 2025,
+arXiv:2509.14146) gives rule-free n-body terms in the same tables, to hold GNN-LRP against.
+
 Sources: Schnake et al., "Higher-order explanations of graph neural networks via relevant
 walks", TPAMI 2022, arXiv:2006.03589; Xiong et al., "Efficient computation of
 higher-order subgraph attribution via message passing", ICML 2022.
@@ -10,10 +13,11 @@ the rule sets it is evaluated under come from :mod:`jaxrel.nn`.
 
 from jaxrel.relevance.backward import LayeredPotential
 from jaxrel.relevance.explanation import Explanation, explain
-from jaxrel.relevance.nbody import NBody, connected_sets, nbody_decomposition, subset_relevance
+from jaxrel.relevance.mbe import many_body_expansion
+from jaxrel.relevance.nbody import NBody, connected_sets, mobius_inversion, nbody_decomposition, subset_relevance
 from jaxrel.relevance.table import Table
 from jaxrel.relevance.walks import body_order, enumerate_walks, select_walks, top_k_walks, walk_relevance
 
 __all__ = ["Explanation", "LayeredPotential", "NBody", "Table", "body_order", "connected_sets",
-           "enumerate_walks", "explain", "nbody_decomposition", "select_walks", "subset_relevance",
+           "enumerate_walks", "explain", "many_body_expansion", "mobius_inversion", "nbody_decomposition", "select_walks", "subset_relevance",
            "top_k_walks", "walk_relevance"]

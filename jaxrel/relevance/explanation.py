@@ -19,7 +19,8 @@ Folder layout (file names and keys as written since jaxrel 0.1.0, so older folde
     nbody.npz     order{n}_frame, order{n}_atoms, order{n}_species, order{n}_relevance,
                   order{n}_distances, order3_angles (see Table); positions (n_frames, n_atoms, 3) Å,
                   species (n_atoms,), frame_index (n_frames,), cell (n_frames, 3, 3) Å if periodic,
-                  atomwise_energy (n_frames, n_atoms) eV (format 2 on)
+                  atomwise_energy (n_frames, n_atoms) eV (format 2 on); optional: order{n}_forces (m, n, 3)
+                  eV/Å per-term forces and forces (n_frames, n_atoms, 3) eV/Å the model's forces (MBE)
     summary.json  model, data, rule, epsilon, gamma, max_order, units, notes, frames: [{frame,
                   energy_eV, sum_relevance_eV, species_shift_eV, conservation_error_eV,
                   higher_order_residual_eV, body_order_totals_eV, n_terms, seconds}],
@@ -73,8 +74,11 @@ class Explanation:
         species                (N,) int                   | atomic numbers (CG bead ids)
         cell                   (F, 3, 3) float64 or None  | Å, rows are cell vectors; None = free space
         atomwise_energy        (F, N) float64 or None     | eV, the model's E_i (None: format-1 folder)
-        metadata               dict                       | rule, epsilon, gamma, max_order, model,
-                                                            data, model_config, jaxrel_version
+        metadata               dict                       | method ("gnn-lrp" or "mbe"), rule, epsilon,
+                                                            gamma, max_order, model, data, model_config,
+                                                            jaxrel_version
+        forces                 (F, N, 3) float64 or None  | eV/Å, the model's forces (decompositions
+                                                            with per-term forces: the MBE)
     """
 
     tables: dict[int, Table]
@@ -89,6 +93,40 @@ class Explanation:
     cell: np.ndarray | None
     atomwise_energy: np.ndarray | None
     metadata: dict = field(default_factory=dict)
+    forces: np.ndarray | None = None
+
+    @property
+    def method(self) -> str:
+        """``"mbe"`` for the model's many-body expansion, else ``"gnn-lrp"``."""
+        return self.metadata.get("method", "gnn-lrp")
+
+    def body_order_forces(self) -> np.ndarray:
+        """The force on each atom split by body order, F_i⁽ⁿ⁾ = Σ_{terms S ∋ i of order n} −∂ε(S)/∂x_i.
+
+        Returns:
+            (F, max_order, N, 3) float64, eV/Å; index n − 1 holds order n.
+        Raises:
+            ValueError: the tables carry no per-term forces (GNN-LRP relevance is not a
+                function of positions; use :func:`jaxrel.relevance.many_body_expansion`
+                with ``forces=True``).
+        """
+        if any(t.forces is None for t in self.tables.values()):
+            raise ValueError("this explanation has no per-term forces: compute them with "
+                             "many_body_expansion(..., forces=True) (jaxrel audit --forces)")
+        out = np.zeros((len(self.frames), self.max_order, self.n_atoms, 3))
+        for n, table in self.tables.items():
+            rows = np.repeat(self.frame_rows(table.frame), n)
+            np.add.at(out[:, n - 1], (rows, table.atoms.reshape(-1)), table.forces.reshape(-1, 3))
+        return out
+
+    @property
+    def force_residual(self) -> np.ndarray:
+        """The model's forces minus Σ of the body-order forces, (F, N, 3) eV/Å: the forces of
+        the terms above ``max_order`` (ValueError as :meth:`body_order_forces`, or without forces)."""
+        if self.forces is None:
+            raise ValueError("this explanation stores no model forces: compute it with "
+                             "many_body_expansion(..., forces=True)")
+        return self.forces - self.body_order_forces().sum(axis=1)
 
     @property
     def conservation_error(self) -> np.ndarray:
@@ -126,8 +164,9 @@ class Explanation:
                   "frame_index": np.asarray(self.frames)}
         if self.cell is not None:
             arrays["cell"] = self.cell
-        if self.atomwise_energy is not None:
-            arrays["atomwise_energy"] = self.atomwise_energy
+        for key in ("atomwise_energy", "forces"):
+            if getattr(self, key) is not None:
+                arrays[key] = getattr(self, key)
         for n, table in sorted(self.tables.items()):
             for key in COLUMNS:
                 if getattr(table, key) is not None:
@@ -190,12 +229,13 @@ class Explanation:
         orders = sorted(int(m.group(1)) for key in arrays if (m := re.fullmatch(r"order(\d+)_frame", key)))
         tables = {}
         for n in orders:
-            keys = COLUMNS if n == 3 else COLUMNS[:-1]
+            keys = [k for k in COLUMNS if k != "forces" and (k != "angles" or n == 3)]
             absent = [f"order{n}_{k}" for k in keys if f"order{n}_{k}" not in arrays]
             if absent:
                 raise ValueError(f"{npz} lacks {', '.join(absent)}: rerun jaxrel explain")
             try:
-                tables[n] = Table(**{k: arrays[f"order{n}_{k}"] for k in keys})
+                tables[n] = Table(**{k: arrays[f"order{n}_{k}"] for k in keys},
+                                  forces=arrays.get(f"order{n}_forces"))
             except ValueError as err:
                 raise ValueError(f"{npz}: {err}; rerun jaxrel explain") from None
         listed = summary["frames"]
@@ -214,7 +254,8 @@ class Explanation:
                           higher_order_residual=column("higher_order_residual_eV"), seconds=column("seconds"),
                           positions=np.asarray(arrays["positions"], np.float64), species=arrays["species"],
                           cell=None if cell is None else np.asarray(cell, np.float64),
-                          atomwise_energy=arrays.get("atomwise_energy"), metadata=meta)
+                          atomwise_energy=arrays.get("atomwise_energy"), metadata=meta,
+                          forces=arrays.get("forces"))
         try:
             explanation._check_totals(listed)
         except ValueError as err:
@@ -279,7 +320,7 @@ def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | s
     shifts = potential.species_shifts(params)
     shift_total = float(sum(shifts[int(z)] for z in species))
     tables = {n: Table.concatenate([r.orders[n] for r in results]) for n in range(1, max_order + 1)}
-    metadata = {"model": None if model_path is None else str(model_path),
+    metadata = {"method": "gnn-lrp", "model": None if model_path is None else str(model_path),
                 "data": None if data_path is None else str(data_path), "rule": rules.name,
                 "epsilon": rules.epsilon, "gamma": rules.gamma if not isinstance(rules.gamma, tuple) else list(rules.gamma),
                 "model_config": potential.config.to_dict(), "jaxrel_version": __version__}

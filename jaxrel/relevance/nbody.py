@@ -122,20 +122,80 @@ def subset_relevance(potential, params, graph: Graph, subsets: np.ndarray,
 def connected_sets(graph: Graph, max_order: int) -> dict[int, np.ndarray]:
     """All connected atom sets of each size 1..max_order (sorted rows, sorted tables).
 
+    A set is connected when its atoms are connected by the graph's edges; sets of size
+    n are grown from those of size n − 1 by one neighbour of any member (vectorised).
+
     Returns:
         {n: (n_sets, n) int32}.
     """
-    succ = successors(graph)
-    neighbours = [set(s.tolist()) - {a} for a, s in enumerate(succ)]
-    real = np.flatnonzero(np.asarray(graph.node_mask))
-    levels = {1: {(int(a),) for a in real}}
+    _require_single_frame(graph)
+    n_atoms = graph.n_atoms
+    edge_mask = np.asarray(graph.edge_mask)
+    adjacency = np.zeros((n_atoms, n_atoms), bool)
+    adjacency[np.asarray(graph.senders)[edge_mask], np.asarray(graph.receivers)[edge_mask]] = True
+    adjacency |= adjacency.T
+    np.fill_diagonal(adjacency, False)
+    sets = {1: np.flatnonzero(np.asarray(graph.node_mask)).astype(np.int32)[:, None]}
     for n in range(2, max_order + 1):
-        grown = set()
-        for s in levels[n - 1]:
-            for a in set().union(*(neighbours[i] for i in s)) - set(s):
-                grown.add(tuple(sorted((*s, a))))
-        levels[n] = grown
-    return {n: np.array(sorted(sets), np.int32).reshape(len(sets), n) for n, sets in levels.items()}
+        previous = sets[n - 1]
+        reach = adjacency[previous].any(axis=1)
+        reach[np.arange(len(previous))[:, None], previous] = False
+        row, atom = np.nonzero(reach)
+        grown = np.sort(np.concatenate([previous[row], atom[:, None].astype(np.int32)], axis=1), axis=1)
+        _, first = np.unique(_set_keys(grown, n_atoms), return_index=True)
+        sets[n] = grown[first].reshape(-1, n)
+    return sets
+
+
+def _set_keys(atoms: np.ndarray, n_atoms: int) -> np.ndarray:
+    """One int64 per sorted atom set, increasing with the rows' lexicographic order."""
+    keys = np.zeros(len(atoms), np.int64)
+    for column in atoms.T:
+        keys = keys * n_atoms + column
+    return keys
+
+
+def mobius_inversion(sets: dict[int, np.ndarray], values: dict[int, np.ndarray],
+                     n_atoms: int) -> dict[int, np.ndarray]:
+    """Exact n-body terms of a set function by Möbius inversion over connected subsets.
+
+    ε(S) = v(S) − Σ_{T ⊊ S} ε(T), orders 1, 2, … in turn, where subsets T that are not
+    listed (not connected) have ε(T) = 0: a set function that is additive over
+    disconnected parts (subgraph relevance; an energy of separated clusters) has zero
+    terms for them, so this equals the full inclusion–exclusion
+    ε(S) = Σ_{T ⊆ S} (−1)^{|S|−|T|} v(T) (Rota 1964; for energies the many-body
+    expansion, Chong et al. 2025, arXiv:2509.14146).
+
+    Args:
+        sets: {n: (m_n, n) int} sorted atom sets of each order 1..max, every table sorted
+            by rows (as :func:`connected_sets` returns).
+        values: {n: (m_n,) or (m_n, n, ...)} v(S) per set, or per atom slot of each set
+            (e.g. gradients of v with respect to the set's atoms; a subset's slot values
+            are then subtracted from the matching slots).
+        n_atoms: atom capacity of the frame (atom indices are below it).
+
+    Returns:
+        {n: ε_n} with the shapes of ``values``.
+    """
+    keys = {n: _set_keys(s, n_atoms) for n, s in sets.items()}
+    terms: dict[int, np.ndarray] = {}
+    for n in sorted(sets):
+        atoms, eps = sets[n], np.array(values[n], np.float64, copy=True)
+        per_slot = eps.ndim > 1
+        for m in range(1, n):
+            if not len(keys.get(m, ())):
+                continue
+            for columns in itertools.combinations(range(n), m):
+                sub = _set_keys(atoms[:, list(columns)], n_atoms)
+                where = np.clip(np.searchsorted(keys[m], sub), 0, len(keys[m]) - 1)
+                found = keys[m][where] == sub
+                inner = terms[m][where]
+                if per_slot:
+                    eps[:, list(columns)] -= np.where(found.reshape((-1,) + (1,) * (inner.ndim - 1)), inner, 0.0)
+                else:
+                    eps -= np.where(found, inner, 0.0)
+        terms[n] = eps
+    return terms
 
 
 @dataclass
@@ -186,18 +246,12 @@ def nbody_decomposition(potential, params, graph: Graph, max_order: int = 3,
     rows = [np.pad(s, ((0, 0), (0, max_order - n)), constant_values=-1) for n, s in sets.items()]
     subset_r, energy, total = _subset_relevance(potential, params, graph, np.concatenate(rows),
                                                 resolve_rules(rules), chunk_size)
-    exact: dict[tuple[int, ...], float] = {}
-    offset = 0
-    for n, s in sets.items():
-        for row, value in zip(map(tuple, s.tolist()), subset_r[offset:offset + len(s)]):
-            inner = sum(exact.get(sub, 0.0) for m in range(1, n)
-                        for sub in itertools.combinations(row, m))
-            exact[row] = value - inner
-        offset += len(s)
+    bounds = np.cumsum([0] + [len(v) for v in sets.values()])
+    exact = mobius_inversion(sets, {n: subset_r[bounds[k]:bounds[k + 1]] for k, n in enumerate(sets)},
+                             graph.n_atoms)
     positions, species = np.asarray(graph.positions), np.asarray(graph.species)
     cell = None if graph.cell is None else np.asarray(graph.cell)
-    orders = {n: Table.from_terms(s, np.array([exact[tuple(r)] for r in s.tolist()], np.float64),
-                                  positions, species, cell, frame)
+    orders = {n: Table.from_terms(s, exact[n], positions, species, cell, frame)
               for n, s in sets.items()}
     return NBody(orders=orders, energy=float(energy), total=total,
                  residual=total - sum(float(t.relevance.sum()) for t in orders.values()),

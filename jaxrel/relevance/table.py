@@ -10,6 +10,8 @@ for m terms of body order n::
     relevance  (m,)             float64 | eV
     distances  (m, n(n−1)/2)    float64 | Å, pairs (0,1), (0,2), …, (1,2), … of the set as one cluster
     angles     (m, 3)           float64 | degrees, the angle at atoms[:, 0], [:, 1], [:, 2] (n = 3 only, else None)
+    forces     (m, n, 3)        float64 | eV/Å, −∂(term)/∂x of each of the term's atoms (optional: decompositions
+                                          whose terms are functions of positions, i.e. the many-body expansion)
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import numpy as np
 
 from jaxrel.geometry import cluster_coordinates
 
-COLUMNS = ("frame", "atoms", "species", "relevance", "distances", "angles")
+COLUMNS = ("frame", "atoms", "species", "relevance", "distances", "angles", "forces")
+"""Every column; ``angles`` (3-body only) and ``forces`` may be None."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Table:
     relevance: np.ndarray
     distances: np.ndarray
     angles: np.ndarray | None = None
+    forces: np.ndarray | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -50,11 +54,14 @@ class Table:
         set_(self, "species", np.asarray(self.species, np.int32))
         set_(self, "relevance", np.asarray(self.relevance, np.float64))
         set_(self, "distances", np.asarray(self.distances, np.float64))
-        if self.angles is not None:
-            set_(self, "angles", np.asarray(self.angles, np.float64))
+        for key in ("angles", "forces"):
+            if getattr(self, key) is not None:
+                set_(self, key, np.asarray(getattr(self, key), np.float64))
         widths = {"atoms": (m, n), "species": (m, n), "relevance": (m,), "distances": (m, n * (n - 1) // 2)}
         if n == 3:
             widths["angles"] = (m, 3)
+        if self.forces is not None:
+            widths["forces"] = (m, n, 3)
         for key, shape in widths.items():
             value = getattr(self, key)
             if value is None or value.shape != shape:
@@ -73,7 +80,8 @@ class Table:
 
     @classmethod
     def from_terms(cls, atoms: np.ndarray, relevance: np.ndarray, positions: np.ndarray,
-                   species: np.ndarray, cell: np.ndarray | None = None, frame: int = 0) -> "Table":
+                   species: np.ndarray, cell: np.ndarray | None = None, frame: int = 0,
+                   forces: np.ndarray | None = None) -> "Table":
         """The table of one frame's terms, with distances and angles from its geometry.
 
         Each set's geometry is that of one cluster (:func:`jaxrel.geometry.cluster_coordinates`:
@@ -85,6 +93,7 @@ class Table:
             relevance: (m,) eV.
             positions: (n_atoms, 3) Å; species: (n_atoms,) int; cell: (3, 3) Å rows or None.
             frame: the frame number written into the ``frame`` column.
+            forces: (m, n, 3) eV/Å per-term forces on the term's atoms, or None.
         """
         atoms = np.asarray(atoms, np.int32)
         n = atoms.shape[1]
@@ -105,7 +114,7 @@ class Table:
                 angles[:, c] = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
         return cls(frame=np.full(len(atoms), frame, np.int32), atoms=atoms,
                    species=np.asarray(species)[atoms], relevance=relevance, distances=distances,
-                   angles=angles)
+                   angles=angles, forces=forces)
 
     @classmethod
     def concatenate(cls, tables: list["Table"]) -> "Table":
@@ -119,17 +128,22 @@ class Table:
         orders = {t.order for t in tables}
         if len(orders) > 1:
             raise ValueError(f"cannot concatenate tables of body orders {sorted(orders)}")
-        angles = None if tables[0].angles is None else np.concatenate([t.angles for t in tables])
-        return cls(*(np.concatenate([getattr(t, k) for t in tables]) for k in COLUMNS[:-1]), angles)
+        if len({t.forces is None for t in tables}) > 1:
+            raise ValueError("cannot concatenate tables with and without per-term forces")
+
+        def joined(key):
+            return None if getattr(tables[0], key) is None else np.concatenate([getattr(t, key) for t in tables])
+
+        return cls(**{key: joined(key) for key in COLUMNS})
 
     def select(self, rows: np.ndarray) -> "Table":
         """The rows ``rows`` (a boolean mask or integer indices) as a new table."""
-        return Table(*(getattr(self, k)[rows] for k in COLUMNS[:-1]),
-                     None if self.angles is None else self.angles[rows])
+        return Table(**{key: None if getattr(self, key) is None else getattr(self, key)[rows] for key in COLUMNS})
 
     def with_relevance(self, values: np.ndarray) -> "Table":
-        """The same terms with other values (m,), eV (e.g. the exact energies of the same terms)."""
-        return replace(self, relevance=values)
+        """The same terms with other values (m,), eV (e.g. the exact energies of the same
+        terms); per-term forces, which belong to the old values, are dropped."""
+        return replace(self, relevance=values, forces=None)
 
     def frame_sums(self, frames: np.ndarray, absolute: bool = False) -> np.ndarray:
         """Σ relevance (or Σ |relevance|) of the rows of each frame number in ``frames``, eV.

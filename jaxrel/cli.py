@@ -1,4 +1,4 @@
-"""Command line: ``jaxrel train | evaluate | explain | report | md | generate | quickstart``.
+"""Command line: ``jaxrel train | evaluate | explain | audit | report | md | generate | quickstart``.
 
 Units everywhere: lengths Å, energies eV, forces eV/Å, temperatures K, times fs.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxrel.models.potential import ARCHITECTURES
 from jaxrel.quickstart import DEFAULT_RUN_DIR
 
 
@@ -73,6 +74,22 @@ def _explain(args) -> dict:
             "max_abs_conservation_error_eV": float(np.abs(explanation.conservation_error).max())}
 
 
+def _audit(args) -> dict:
+    from jaxrel.audit import audit_to_folder
+    from jaxrel.checkpoint import load_checkpoint
+    from jaxrel.data import read_frames
+
+    potential, params, _ = load_checkpoint(args.model)
+    frames = read_frames(args.data)
+    index = _frame_range(args.frames, len(frames))
+    rules = None if args.rules is None else [r.strip() for r in args.rules.split(",") if r.strip()]
+    audit, report = audit_to_folder(potential, params, frames.select(np.array(index)), args.out, frame_index=index,
+                                    model_path=args.model, data_path=args.data, max_order=args.order,
+                                    rules=rules, forces=not args.no_forces, progress=not args.quiet)
+    return {"out": str(args.out), "report": str(report), "methods": list(audit.explanations),
+            "verdict": audit.verdict}
+
+
 def _generate(args) -> dict:
     from jaxrel.data.noble_gas import generate_noble_gas, save_noble_gas
 
@@ -110,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train SchNet or PaiNN on energies and/or forces")
     p.add_argument("--data", required=True, help="rMD17/water/CG npz, jaxrel noble-gas npz, or any file ase reads")
     p.add_argument("--test-data", help="separate test file (else a test split of --data)")
-    p.add_argument("--model", choices=["schnet", "painn"], default="schnet")
+    p.add_argument("--model", choices=list(ARCHITECTURES), default="schnet")
     p.add_argument("--cutoff", type=float, default=5.0, help="neighbour cutoff, Å (default 5)")
     p.add_argument("--features", type=int, default=64, help="feature width (default 64)")
     p.add_argument("--interactions", type=int, default=3, help="message-passing layers (default 3)")
@@ -150,6 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, help="folder for nbody.npz and summary.json")
     p.set_defaults(func=_explain)
+
+    p = sub.add_parser("audit", help="faithfulness: the model's many-body expansion beside GNN-LRP rules "
+                                     "(and the exact terms of noble-gas data)")
+    p.add_argument("--model", required=True, help="model folder written by train (OUT/model)")
+    p.add_argument("--data", required=True, help="frames to audit; a 'jaxrel generate noble-gas' file adds "
+                                                 "the comparison with the exact pair and triplet energies")
+    p.add_argument("--frames", default="0:8", help="index or start:stop[:step] slice (default 0:8)")
+    p.add_argument("--order", type=int, default=3, help="highest body order (default 3; MBE ≤ 4, "
+                                                          "GNN-LRP ≤ interactions + 1)")
+    p.add_argument("--rules", help="comma-separated GNN-LRP rules among gi, lrp-eps, lrp-gamma (default: all "
+                                   "three; none for --model bodyordered)")
+    p.add_argument("--no-forces", action="store_true", help="skip the body-order split of the forces")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", required=True, help="folder for audit.json, report.html, figures/ and one "
+                                                "explanation folder per method")
+    p.set_defaults(func=_audit)
 
     p = sub.add_parser("generate", help="ground-truth data sets")
     gsub = p.add_subparsers(dest="system", required=True)

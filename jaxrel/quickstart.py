@@ -1,6 +1,7 @@
 """The main job end to end on an embedded default (``make quickstart``): generate liquid
-argon with an exact n-body decomposition, train SchNet, explain held-out frames, compare
-the explanation with the exact physics and write ``report.html``.
+argon with an exact n-body decomposition, train SchNet, explain held-out frames with
+GNN-LRP and with the model's own many-body expansion, compare both with the exact physics
+(the faithfulness audit) and write ``report.html``.
 
 Units: Å, eV, K, minutes of wall time for training.
 """
@@ -17,32 +18,37 @@ DEFAULT_RUN_DIR = "runs/quickstart"
 
 
 def _stage(k: int, text: str) -> None:
-    print(f"[{k}/5] {text}", flush=True)
+    print(f"[{k}/4] {text}", flush=True)
 
 
 def run_quickstart(out=DEFAULT_RUN_DIR, *, minutes: float = 4.0, n_frames: int = 200,
                    explain_frames: int = 8) -> dict:
-    """Run the five stages, print a plain-text summary and return it (also ``OUT/summary.json``).
+    """Run the four stages, print a plain-text summary and return it (also ``OUT/summary.json``).
 
     1. 64-atom liquid argon (Lennard-Jones + Axilrod–Teller–Muto, :mod:`jaxrel.data.noble_gas`):
        ``n_frames`` training frames and ``explain_frames`` held-out frames of an independent
        trajectory.
     2. SchNet, 32 features × 2 interactions, at the physics' cutoff, zero species energies
        (isolated noble-gas atoms), trained for ``minutes``.
-    3. :func:`jaxrel.explain` of the held-out frames up to 3-body terms (GI rule).
-    4. Analyses and the recovery of the exact pair, triplet and local energies.
-    5. ``OUT/report.html``.
+    3. The faithfulness audit of the held-out frames up to 3-body terms
+       (:func:`jaxrel.audit.audit_to_folder`): the model's MBE with forces split by body
+       order, GNN-LRP under GI, LRP-ε and LRP-γ, each compared with the others and with the
+       exact pair, triplet and local energies; explanation folders ``OUT/mbe``, ``OUT/gi``,
+       ``OUT/lrp-eps``, ``OUT/lrp-gamma`` and ``OUT/audit.json``.
+    4. ``OUT/report.html`` (of the GI explanation, with the Faithfulness section).
 
     Returns:
-        {"report", "model", "test_errors", "explain", "seconds", "conservation_error_eV",
-        "higher_order_residual_eV", "body_order_energy_share", "recovery"}.
+        {"report", "model", "test_errors", "explain" (the GI explanation), "seconds",
+        "conservation_error_eV", "higher_order_residual_eV", "body_order_energy_share",
+        "recovery" (of the GI explanation), "audit" (verdict and body-order totals per method)}.
     """
-    from jaxrel.analysis import build_report
+    from jaxrel.analysis import body_order_shares
+    from jaxrel.analysis.faithfulness import AUDIT_RULES
     from jaxrel.analysis.write import jsonable
+    from jaxrel.audit import audit_to_folder, totals_line
     from jaxrel.checkpoint import load_checkpoint
     from jaxrel.data import read_frames
     from jaxrel.data.noble_gas import generate_noble_gas, save_noble_gas
-    from jaxrel.relevance import explain
     from jaxrel.train import train_potential
 
     out = Path(out)
@@ -67,37 +73,37 @@ def run_quickstart(out=DEFAULT_RUN_DIR, *, minutes: float = 4.0, n_frames: int =
     seconds["train"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    _stage(3, f"explaining the {explain_frames} held-out frames up to 3-body terms (GNN-LRP, GI rule)")
+    _stage(3, f"auditing the {explain_frames} held-out frames up to 3-body terms: the model's own many-body "
+              "expansion (MBE) beside GNN-LRP (GI, LRP-ε, LRP-γ) and the exact physics; analyses and report")
     potential, params, _ = load_checkpoint(out / "model")
-    explanation = explain(potential, params, read_frames(heldout_path), max_order=3, rules="gi",
-                          model_path=out / "model", data_path=heldout_path, progress=True)
-    explanation.save(out / "explained")
-    seconds["explain"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    _stage(4, "analysing the relevance and comparing it with the exact pair, triplet and local energies")
     test = metrics["test"]
     notes = [f"Liquid argon, 64 atoms, Lennard-Jones + Axilrod–Teller–Muto. SchNet trained for {minutes} "
              f"min on {metrics['n_frames']['train']} frames; held-out test errors: energy MAE "
              f"{test['energy_mae_meV'] / 64:.3f} meV/atom, force MAE {test['forces_mae_meV_per_A']:.2f} meV/Å "
              f"(reference force RMS {test['forces_reference_rms_meV_per_A']:.1f} meV/Å)."]
-    report = build_report(explanation, out, title="jaxrel quickstart: what SchNet learned about liquid argon",
-                          notes=notes, progress=True)
-    seconds["analyse_and_report"] = time.perf_counter() - clock
-    _stage(5, f"report written: {report['report']}")
+    audit, report_path = audit_to_folder(potential, params, read_frames(heldout_path), out, model_path=out / "model",
+                                         data_path=heldout_path, rules=AUDIT_RULES, notes=notes, progress=True,
+                                         title="jaxrel quickstart: what SchNet learned about liquid argon, "
+                                               "and how far its explanation can be trusted")
+    explanation = audit.explanations["gi"]
+    seconds["audit_and_report"] = time.perf_counter() - clock
+    _stage(4, f"report written: {report_path}")
 
-    recovery = report["recovery"].summary()
-    shares = report["analysis"]["body_order_shares"]
+    recovery = audit.recovery["gi"].summary()
+    shares = body_order_shares(explanation)
     summary = {
-        "report": str(report["report"]), "model": str(out / "model"), "test_errors": test,
-        "explain": {"out": str(out / "explained"), "frames": len(explanation.frames),
+        "report": str(report_path), "model": str(out / "model"), "test_errors": test,
+        "explain": {"out": str(out / "gi"), "frames": len(explanation.frames),
                     "mean_seconds_per_frame": float(np.mean(explanation.seconds)),
                     "max_abs_conservation_error_eV": float(np.abs(explanation.conservation_error).max())},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "conservation_error_eV": explanation.conservation_error.tolist(),
         "higher_order_residual_eV": explanation.higher_order_residual.tolist(),
         "body_order_energy_share": {n: v.pooled for n, v in shares.energy_share.items()},
-        "recovery": {k: recovery[k] for k in ("pairs", "triplets", "atomwise") if k in recovery}}
+        "recovery": {k: recovery[k] for k in ("pairs", "triplets", "atomwise") if k in recovery},
+        "audit": {"out": str(out / "audit.json"), "verdict": audit.verdict,
+                  "body_order_totals_eV": {name: {str(n): float(np.mean(e.order_totals(n))) for n in e.tables}
+                                           for name, e in audit.explanations.items()}}}
     (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=2))
     pairs, triplets, atomwise = (recovery.get(k) for k in ("pairs", "triplets", "atomwise"))
     print(f"test errors: energy {test['energy_mae_meV'] / 64:.3f} meV/atom, forces {test['forces_mae_meV_per_A']:.2f} meV/Å")
@@ -109,7 +115,10 @@ def run_quickstart(out=DEFAULT_RUN_DIR, *, minutes: float = 4.0, n_frames: int =
     if atomwise:
         print(f"atomwise energies vs exact local energies: r = {atomwise.pearson_r:.3f}, "
               f"MAE {atomwise.mae * 1e3:.2f} meV")
+    print("body-order totals, the model's own MBE beside GNN-LRP (mean over the held-out frames):")
+    print(totals_line(audit))
+    print(f"faithfulness: {audit.verdict}")
     print(f"largest |conservation error| {np.abs(explanation.conservation_error).max():.3g} eV "
           f"(relevance absorbed by biases); total {sum(seconds.values()) / 60:.1f} min")
-    print(f"report: {report['report']}  summary: {out / 'summary.json'}")
+    print(f"report: {report_path}  audit: {out / 'audit.json'}  summary: {out / 'summary.json'}")
     return summary

@@ -43,6 +43,17 @@ def is_ground_truth(data: Mapping) -> bool:
     return all(k in data for k in GROUND_TRUTH_KEYS)
 
 
+def load_ground_truth(data_path) -> dict | None:
+    """The exact decomposition stored in a data file, or None when ``data_path`` is None, not an
+    ``.npz`` file, or a file without ground-truth keys (:func:`is_ground_truth`)."""
+    if data_path is None or not Path(data_path).is_file() or Path(data_path).suffix != ".npz":
+        return None
+    with np.load(data_path) as npz:
+        if not is_ground_truth(npz):
+            return None
+        return {k: npz[k] for k in npz.files}
+
+
 @dataclass(frozen=True)
 class TermRecovery:
     """Relevance terms of one body order matched with the exact terms of the same atoms, eV.
@@ -83,7 +94,8 @@ class Recovery:
     triplet_angle_profiles {"recovered", "exact"}: {triplet: BinnedCurve} of R₃ and of the exact
     energies of the same triplets (None without 3-body terms); atomwise (:class:`Agreement` of
     the model's E_i with the exact local energies) and atomwise_energies (predicted, exact)
-    (F, N) eV, None when the explanation has no atomwise energies.
+    (F, N) eV, None when the explanation has no atomwise energies; pair_table: the
+    explanation's 2-body table the pair terms were matched from.
     """
 
     frames: np.ndarray
@@ -96,6 +108,7 @@ class Recovery:
     triplet_angle_profiles: dict[str, dict] | None
     atomwise: Agreement | None
     atomwise_energies: tuple[np.ndarray, np.ndarray] | None
+    pair_table: Table | None = None
 
     def summary(self) -> dict:
         """The JSON-ready result (``recovery.json``): every field but the per-term arrays."""
@@ -110,9 +123,16 @@ class Recovery:
         return out
 
 
-def _match(frames: np.ndarray, atoms: np.ndarray, key_frames: np.ndarray, key_atoms: np.ndarray,
+def match_terms(frames: np.ndarray, atoms: np.ndarray, key_frames: np.ndarray, key_atoms: np.ndarray,
            n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each row (frame, sorted atoms) the index of the same row in the keys, and a found mask."""
+    """For each term (frame, sorted atoms) the index of the same term among the keys, and a found mask.
+
+    Args:
+        frames: (m,) int; atoms: (m, n) int, rows sorted; key_frames: (k,) int; key_atoms:
+            (k, n) int (sorted here); n_atoms: atoms per frame.
+    Returns:
+        ``(index (m,) int into the keys, found (m,) bool)``; index is meaningless where not found.
+    """
     def code(f, a):
         c = f.astype(np.int64)
         for col in range(a.shape[1]):
@@ -134,7 +154,7 @@ def _terms(table: Table, frames: np.ndarray, key_frames, key_atoms, key_energy, 
     terms of explained frames absent from the table (outside the model's graph) are
     counted as ``missed_exact_eV``.
     """
-    idx, found = _match(table.frame, table.atoms, key_frames, key_atoms, n_atoms)
+    idx, found = match_terms(table.frame, table.atoms, key_frames, key_atoms, n_atoms)
     exact = np.where(found, key_energy[idx] if len(key_energy) else 0.0, 0.0)
     in_frames = np.isin(key_frames, frames)
     matched = np.zeros(len(key_frames), bool)
@@ -196,7 +216,7 @@ def compare_with_ground_truth(explanation: Explanation, truth: Mapping, *, n_bin
         energies = (np.asarray(explanation.atomwise_energy, np.float64), local)
         atomwise = atomwise_comparison(*energies)
     return Recovery(frames, bool(truth["three_body"]), cutoff, pairs, triplets, curves, exact_pair, profiles,
-                    atomwise, energies)
+                    atomwise, energies, explanation.tables[2])
 
 
 def write_recovery(recovery: Recovery, out_dir, *, label: str = "") -> Written:

@@ -5,7 +5,8 @@ other file), and links the same PNGs, CSV tables and JSON written beside it unde
 ``figures/``. Sections: conservation (energy = species shifts + Σ relevance + what
 biases absorb), body-order shares, 2-body relevance against distance with the radial
 distribution, interaction strengths and decay lengths, 3-body angular and distance
-profiles, and, when the explained frames come from a ground-truth file of
+profiles, the faithfulness audit (MBE beside GNN-LRP, :mod:`jaxrel.analysis.faithfulness`)
+when one is given, and, when the explained frames come from a ground-truth file of
 ``jaxrel generate noble-gas``, the recovery of the exact pair and triplet energies and
 local energies (:mod:`jaxrel.analysis.recovery`).
 
@@ -23,8 +24,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxrel.analysis.faithfulness import Audit, write_audit
 from jaxrel.analysis.numerics import Shares, Strength, species_label
-from jaxrel.analysis.recovery import Recovery, compare_with_ground_truth, is_ground_truth, write_recovery
+from jaxrel.analysis.recovery import Recovery, compare_with_ground_truth, load_ground_truth, write_recovery
 from jaxrel.analysis.write import write_analysis
 from jaxrel.relevance import Explanation
 
@@ -49,6 +51,15 @@ FIGURE_CAPTIONS = {
                                "Axilrod–Teller–Muto energy (dashed) of the same triplets against the "
                                "angle at the centre atom.",
     "recovery_three_body_totals": "Per frame: Σ of the 3-body relevance against the exact 3-body energy.",
+    "audit_body_order_totals": "Mean total per frame of each body order and of the orders above the "
+                               "highest one, by method (bars: spread over frames); 'exact' is the physics.",
+    "audit_pair_curves": "Mean 2-body term against distance by method; dashed: the exact pair energies "
+                         "of the same pairs.",
+    "audit_terms_order2": "Every pair: each GNN-LRP rule's 2-body term against the model's own MBE term.",
+    "audit_terms_order3": "Every triplet: each GNN-LRP rule's 3-body term against the model's own MBE term.",
+    "audit_terms_order4": "Every 4-atom set: each GNN-LRP rule's 4-body term against the MBE term.",
+    "audit_body_order_forces": "Force components split by body order with the model's MBE "
+                               "(F_i = Σ_n F_i⁽ⁿ⁾ + higher orders).",
     "recovery_atomwise": "The model's atomwise energies E_i against the exact local energies "
                          "(½ Σ own pairs + ⅓ Σ own triplets; Uhlig, Tovey, Holm 2024, arXiv:2403.00377).",
 }
@@ -137,9 +148,48 @@ def _recovery_section(recovery: Recovery, figures: dict[str, Path]) -> str:
     return "".join(parts)
 
 
+def _faithfulness_section(audit: Audit | None, figures: dict[str, Path]) -> str:
+    """Which decomposition to trust, with the numbers (or a warning that nobody checked)."""
+    if audit is None:
+        return ("<h2>Faithfulness</h2><p class='note'><b>Not audited.</b> The relevance terms below are "
+                "the model's GNN-LRP decomposition. They have not been held against the model's own "
+                "many-body expansion, and relevance can differ from it and from the physics in size and "
+                "sign. Run <code>jaxrel audit</code> before reading them as physics.</p>")
+    parts = [f"<h2>Faithfulness</h2><p><b>{html.escape(audit.verdict)}</b></p>"
+             "<p class='note'>The MBE evaluates the model on every connected set of atoms alone and "
+             "inverts (Chong et al. 2025, arXiv:2509.14146): it is the model's own body-order "
+             "decomposition. GNN-LRP against the MBE says whether the attribution reports the model; "
+             "the MBE against exact terms says whether the model learned the physics.</p>"]
+    summary = audit.summary()
+    rows = []
+    for name, m in summary["methods"].items():
+        totals = m["body_order_totals_eV"]
+        row = [name] + [float(np.mean(totals[str(n)])) if str(n) in totals else None for n in (2, 3)]
+        row.append(float(np.mean(m["truncation_residual_eV"])))
+        if audit.physics is not None:
+            p = audit.physics[name]
+            row += [max(p.pair_curve_rms_over_epsilon.values()), p.three_body_error, "yes" if p.meets_goals else "no"]
+        rows.append(row)
+    header = ["method", "Σ 2-body per frame (eV)", "Σ 3-body per frame (eV)", "higher orders (eV)"]
+    if audit.physics is not None:
+        header += ["pair curve RMS / ε", "3-body error", "meets goals"]
+        r = next(iter(audit.recovery.values()))
+        exact = ["exact", float(np.mean(r.pairs.exact_total)),
+                 None if r.triplets is None else float(np.mean(r.triplets.exact_total)), None, 0.0, 0.0, ""]
+        rows.append(exact)
+    parts.append(_table(header, rows))
+    agree = [[f"{a['a']} vs {a['b']}", a["order"], a["pearson_r"], a.get("slope"), a.get("mae_eV")]
+             for a in summary["agreement"] if a["order"] > 1]
+    if agree:
+        parts.append("<h3>Term-by-term agreement between methods</h3>"
+                     + _table(["methods", "body order", "Pearson r", "slope", "MAE (eV)"], agree))
+    parts += [_figure(path, name) for name, path in figures.items()]
+    return "".join(parts)
+
+
 def build_report(explanation, out_dir=None, *, data_path=None, title: str | None = None,
                  notes: list[str] | None = None, names: dict[int, str] | None = None,
-                 progress: bool = False) -> dict:
+                 audit: Audit | None = None, progress: bool = False) -> dict:
     """Analyse an explanation and write ``report.html`` with its figures.
 
     Args:
@@ -153,6 +203,9 @@ def build_report(explanation, out_dir=None, *, data_path=None, title: str | None
         title: page title.
         notes: extra paragraphs (plain text) shown under the title.
         names: species labels {Z: label} (e.g. CG bead names).
+        audit: a :class:`~jaxrel.analysis.faithfulness.Audit` of the same frames; its verdict,
+            tables and figures make the "Faithfulness" section (without one the section says
+            that the relevance was not audited).
         progress: show a progress bar over the three steps (analyses, recovery, page).
 
     Returns:
@@ -192,6 +245,8 @@ def build_report(explanation, out_dir=None, *, data_path=None, title: str | None
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes or []]
     parts.append(_table(["", ""], meta_rows))
+    audit_written = write_audit(audit, figures) if audit is not None else None
+    parts.append(_faithfulness_section(audit, audit_written.figures if audit_written else {}))
     parts.append(_conservation_section(explanation))
     parts.append("<h2>Body orders</h2>" + _shares_table(analysis["body_order_shares"]))
     fig = written.figures
@@ -206,7 +261,8 @@ def build_report(explanation, out_dir=None, *, data_path=None, title: str | None
                      + _figure(fig["triplet_distances"], "triplet_distances"))
     if recovery is not None:
         parts.append(_recovery_section(recovery, recovery_written.figures))
-    files = {**written.files, **(recovery_written.files if recovery_written else {})}
+    files = {**written.files, **(recovery_written.files if recovery_written else {}),
+             **(audit_written.files if audit_written else {})}
     links = sorted(p.name for p in files.values())
     parts.append("<h2>Data files</h2><ul>" + "".join(
         f"<li><a href='figures/{html.escape(p)}'>{html.escape(p)}</a></li>" for p in links) + "</ul>")
@@ -215,17 +271,12 @@ def build_report(explanation, out_dir=None, *, data_path=None, title: str | None
     report.write_text("".join(parts), encoding="utf-8")
     bar.update()
     bar.close()
-    all_figures = {**fig, **(recovery_written.figures if recovery_written else {})}
+    all_figures = {**fig, **(recovery_written.figures if recovery_written else {}),
+                   **(audit_written.figures if audit_written else {})}
     return {"report": report, "analysis": analysis, "recovery": recovery, "figures": all_figures}
 
 
 def _recovery(explanation: Explanation, data_path) -> Recovery | None:
     """The recovery of the ground truth when the explained data is a noble-gas file, else None."""
-    data_path = data_path or explanation.metadata.get("data")
-    if data_path is None or not Path(data_path).is_file() or Path(data_path).suffix != ".npz":
-        return None
-    with np.load(data_path) as npz:
-        if not is_ground_truth(npz):
-            return None
-        truth = {k: npz[k] for k in npz.files}
-    return compare_with_ground_truth(explanation, truth)
+    truth = load_ground_truth(data_path or explanation.metadata.get("data"))
+    return None if truth is None else compare_with_ground_truth(explanation, truth)

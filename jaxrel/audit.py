@@ -1,0 +1,81 @@
+"""``jaxrel audit``: the model's many-body expansion beside GNN-LRP and the exact physics,
+saved as explanation folders, ``audit.json`` and ``report.html`` with a Faithfulness section.
+
+Output folder::
+
+    audit.json                  per method body-order totals, residuals, agreement, verdict
+                                (:meth:`jaxrel.analysis.faithfulness.Audit.summary`; the report
+                                links its copy in figures/)
+    mbe/, gi/, lrp-eps/, …      one explanation folder per method (nbody.npz + summary.json)
+    report.html, figures/       the report of the first GNN-LRP rule's explanation (the MBE's
+                                for a model without message-passing layers) with the audit
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from jaxrel.analysis import build_report
+from jaxrel.analysis.faithfulness import AUDIT_RULES, Audit, run_audit
+from jaxrel.analysis.recovery import load_ground_truth
+from jaxrel.analysis.write import write_json
+
+
+def default_rules(potential) -> tuple[str, ...]:
+    """The GNN-LRP rules an audit runs: all of :data:`AUDIT_RULES`, none for a model without
+    message-passing layers (the body-ordered model is explained by its MBE alone)."""
+    return () if potential.config.model == "bodyordered" else AUDIT_RULES
+
+
+def audit_to_folder(potential, params, frames, out, *, frame_index=None, model_path=None, data_path=None,
+                    max_order: int = 3, rules=None, forces: bool = True, title: str | None = None,
+                    notes: list[str] | None = None, progress: bool = False) -> tuple[Audit, Path]:
+    """Run :func:`~jaxrel.analysis.faithfulness.run_audit` and write its folder (module docstring).
+
+    Args:
+        potential, params, frames, frame_index, model_path, data_path, max_order, forces: as
+            :func:`~jaxrel.analysis.faithfulness.run_audit`; ground truth is read from
+            ``data_path`` when it is a ``jaxrel generate noble-gas`` file.
+        out: the output folder (created).
+        rules: GNN-LRP rule names (default :func:`default_rules`).
+        title, notes: of the report.
+        progress: progress bars.
+
+    Returns:
+        ``(audit, path of report.html)``.
+    Raises:
+        ValueError: as ``run_audit``; GNN-LRP rules asked of a model without message-passing layers.
+    """
+    rules = default_rules(potential) if rules is None else tuple(rules)
+    if rules and not default_rules(potential):
+        raise ValueError(f"the {potential.config.model} model has no message-passing layers for GNN-LRP: "
+                         "audit it with the MBE alone (leave --rules out)")
+    out = Path(out)
+    audit = run_audit(potential, params, frames, max_order=max_order, rules=rules, forces=forces,
+                      truth=load_ground_truth(data_path), frame_index=frame_index, model_path=model_path,
+                      data_path=data_path, progress=progress)
+    for name, explanation in audit.explanations.items():
+        explanation.save(out / name)
+    write_json(out / "audit.json", audit.summary())
+    main = audit.explanations[rules[0] if rules else "mbe"]
+    report = build_report(main, out, data_path=data_path, audit=audit, progress=progress,
+                          title=title or f"jaxrel audit: {Path(str(model_path or 'model')).parent.name or 'model'}",
+                          notes=notes)
+    return audit, report["report"]
+
+
+def totals_line(audit: Audit) -> str:
+    """One line per method: mean per-frame totals of orders 2 and 3 (and exact ones when known)."""
+    lines = []
+    for name, e in audit.explanations.items():
+        totals = ", ".join(f"Σ{n}-body {np.mean(e.order_totals(n)):+.3f}" for n in sorted(e.tables) if n > 1)
+        lines.append(f"  {name:<10} {totals} eV per frame, higher orders {np.mean(e.higher_order_residual):+.3f} eV")
+    if audit.recovery:
+        r = next(iter(audit.recovery.values()))
+        exact = f"Σ2-body {np.mean(r.pairs.exact_total):+.3f}"
+        if r.triplets is not None:
+            exact += f", Σ3-body {np.mean(r.triplets.exact_total):+.3f}"
+        lines.append(f"  {'exact':<10} {exact} eV per frame")
+    return "\n".join(lines)

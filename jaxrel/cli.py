@@ -124,13 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jaxrel", description="Explain machine-learned interatomic potentials (units: Å, eV, eV/Å, K, fs).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train SchNet or PaiNN on energies and/or forces")
+    p = sub.add_parser("train", help="train SchNet, PaiNN or the body-ordered model on energies and/or forces")
     p.add_argument("--data", required=True, help="rMD17/water/CG npz, jaxrel noble-gas npz, or any file ase reads")
     p.add_argument("--test-data", help="separate test file (else a test split of --data)")
     p.add_argument("--model", choices=list(ARCHITECTURES), default="schnet")
     p.add_argument("--cutoff", type=float, default=5.0, help="neighbour cutoff, Å (default 5)")
     p.add_argument("--features", type=int, default=64, help="feature width (default 64)")
-    p.add_argument("--interactions", type=int, default=3, help="message-passing layers (default 3)")
+    p.add_argument("--interactions", type=int, default=3, help="message-passing layers (default 3; the "
+                                                               "body-ordered model has none and ignores it)")
     p.add_argument("--rbf", type=int, default=20, help="radial basis functions (default 20)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     stop = p.add_mutually_exclusive_group(required=True)

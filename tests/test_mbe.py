@@ -149,3 +149,35 @@ def test_mbe_refuses_orders_beyond_four(cluster_frame):
     potential, params = small_potential("float64")
     with pytest.raises(ValueError, match="between 1 and 4"):
         many_body_expansion(potential, params, cluster_frame, max_order=5)
+
+
+def test_mbe_of_the_body_ordered_model_equals_its_explicit_pair_and_triplet_terms(mixed_liquid):
+    import jax
+
+    from jaxrel.geometry import minimum_image
+    from jaxrel.models import ModelConfig, Potential
+    from jaxrel.models.potential import species_lookup
+
+    x, z, cell = mixed_liquid
+    potential, params = Potential.create(ModelConfig("bodyordered", (AR, KR), cutoff=CUTOFF, n_features=6,
+                                                     n_rbf=8, dtype="float64"), {AR: -0.3, KR: -0.5}, 0.7, seed=1)
+    e = many_body_expansion(potential, params, build_graphs(x, z, CUTOFF, cell=cell), max_order=4)
+    net = potential.module(params).net
+    index = np.asarray(species_lookup(potential.config.species, jnp.asarray(z)))
+    np.testing.assert_allclose(e.tables[1].relevance, 0.0, atol=1e-13)
+    pairs = e.tables[2]
+    phi = jax.vmap(net.pair_term)(pairs.distances[:, 0], index[pairs.atoms[:, 0]], index[pairs.atoms[:, 1]])
+    np.testing.assert_allclose(pairs.relevance, 0.7 * np.asarray(phi), rtol=1e-10, atol=1e-13)
+    triplets = e.tables[3]
+    expected = np.zeros(len(triplets))
+    for c in range(3):                                    # each atom of the triplet as the centre
+        j, k = [(c + 1) % 3, (c + 2) % 3]
+        centre = x[triplets.atoms[:, c]]
+        xj = centre + minimum_image(x[triplets.atoms[:, j]] - centre, cell)
+        xk = centre + minimum_image(x[triplets.atoms[:, k]] - centre, cell)
+        expected += 0.7 * np.asarray(jax.vmap(net.triplet_term)(centre, xj, xk, *(index[triplets.atoms[:, s]]
+                                                                                 for s in (c, j, k))))
+    assert np.count_nonzero(np.abs(expected) > 1e-8) > 100
+    np.testing.assert_allclose(triplets.relevance, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(e.tables[4].relevance, 0.0, atol=1e-11)   # no 4-body terms at all
+    assert abs(e.higher_order_residual[0]) < 1e-10

@@ -1,4 +1,5 @@
-"""Message-passing potentials (SchNet, PaiNN) as pure functions of parameters."""
+"""Potentials (message-passing SchNet and PaiNN, and the body-ordered reference model) as
+pure functions of parameters."""
 
 from jaxrel.models.potential import ARCHITECTURES, ModelConfig, Potential
 

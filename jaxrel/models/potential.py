@@ -8,6 +8,11 @@ so every method composes with ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
 Energies are atomwise: E = Σ_i E_i with E_i = scale · y_i + e_{Z_i}, where y_i is the
 network's per-atom output and e_Z are per-species energy shifts fitted by least squares
 (Schütt et al., arXiv:1806.10349). Units: Å, eV, eV/Å.
+
+Architectures: the message-passing SchNet and PaiNN, whose forward pass splits into layers
+for the GNN-LRP relevance engine (:meth:`Potential.embedding`, :meth:`Potential.layer_functions`),
+and the explicitly body-ordered model (:mod:`jaxrel.models.bodyordered`), which has no
+layers and gives its atomwise output directly.
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ import numpy as np
 from flax import nnx
 
 from jaxrel.graph import Graph, check_positions
+from jaxrel.models.bodyordered import BodyOrdered
 from jaxrel.models.painn import PaiNN
 from jaxrel.models.schnet import SchNet
 from jaxrel.nn import RuleSet, resolve_rules
 
-ARCHITECTURES = {"schnet": SchNet, "painn": PaiNN}
+ARCHITECTURES = {"schnet": SchNet, "painn": PaiNN, "bodyordered": BodyOrdered}
+
+NO_LAYERS = ("the body-ordered model has no message-passing layers for GNN-LRP; explain it with its "
+             "many-body expansion (jaxrel audit / jaxrel.relevance.many_body_expansion)")
 
 
 @dataclass(frozen=True)
@@ -34,11 +43,12 @@ class ModelConfig:
     """Hyperparameters of a potential (stored in every checkpoint).
 
     Attributes:
-        model: ``"schnet"`` or ``"painn"``.
+        model: ``"schnet"``, ``"painn"`` or ``"bodyordered"``.
         species: atomic numbers (or CG bead ids ≥ 1) the model knows, sorted.
         cutoff: neighbour cutoff r_c, Å.
         n_features: feature width F.
-        n_interactions: number of message-passing layers T.
+        n_interactions: number of message-passing layers T (≥ 1). The body-ordered model
+            has none; it accepts any value and stores 1.
         n_rbf: number of radial basis functions.
         dtype: ``"float32"`` or ``"float64"`` parameters.
     """
@@ -57,6 +67,8 @@ class ModelConfig:
         if not self.species or min(self.species) < 1:
             raise ValueError(f"species must be positive atomic numbers, got {self.species}")
         object.__setattr__(self, "species", tuple(sorted(int(z) for z in self.species)))
+        if self.model == "bodyordered" and self.n_interactions >= 1:
+            object.__setattr__(self, "n_interactions", 1)
         if self.cutoff <= 0 or self.n_features < 2 or self.n_interactions < 1 or self.n_rbf < 2:
             raise ValueError(f"invalid hyperparameters {self}: need cutoff > 0 Å, n_features ≥ 2, "
                              "n_interactions ≥ 1, n_rbf ≥ 2")
@@ -85,7 +97,12 @@ def species_lookup(species_list: tuple[int, ...], species: jax.Array) -> jax.Arr
 
 
 class EnergyModel(nnx.Module):
-    """The network plus fixed per-species shifts and energy scale."""
+    """The network plus fixed per-species shifts and energy scale.
+
+    A message-passing net (SchNet, PaiNN) provides ``embed`` and ``layer_functions``; a net
+    without layers (the body-ordered model) provides ``atomwise_output(graph,
+    species_index)`` instead, and the layer methods raise ``ValueError``.
+    """
 
     def __init__(self, config: ModelConfig, species_energies: dict[int, float] | None,
                  energy_scale: float, *, rngs: nnx.Rngs):
@@ -98,25 +115,42 @@ class EnergyModel(nnx.Module):
         self.shifts = SpeciesShift(jnp.asarray(shifts, dtype))
         self.scale = SpeciesShift(jnp.asarray(energy_scale, dtype))
 
+    @property
+    def has_layers(self) -> bool:
+        """True for message-passing nets (SchNet, PaiNN), False for the body-ordered model."""
+        return hasattr(self.net, "layer_functions")
+
+    def _check_layers(self) -> None:
+        if not self.has_layers:
+            raise ValueError(NO_LAYERS)
+
+    def _energy(self, graph: Graph, y: jax.Array) -> jax.Array:
+        """E_i = scale · y_i + e_{Z_i} (eV), 0 for padded atoms."""
+        idx = species_lookup(self.species, graph.species)
+        return jnp.where(graph.node_mask, self.scale[...] * y + self.shifts[...][idx], 0.0)
+
     def embed(self, graph: Graph) -> jax.Array:
+        self._check_layers()
         return self.net.embed(species_lookup(self.species, graph.species))
 
     def layer_functions(self, graph: Graph, rules: RuleSet):
         """``(layers, energy_readout)``: per-layer maps and h⁽ᵀ⁾ ↦ atomwise energies (eV)."""
+        self._check_layers()
         layers, readout = self.net.layer_functions(graph, rules)
-        idx = species_lookup(self.species, graph.species)
+        return layers, lambda h: self._energy(graph, readout(h))
 
-        def energy_readout(h):
-            return jnp.where(graph.node_mask, self.scale[...] * readout(h) + self.shifts[...][idx], 0.0)
-
-        return layers, energy_readout
-
-    def atomwise_energy(self, h0, graph: Graph, rules: RuleSet) -> jax.Array:
+    def atomwise_energy_from_embedding(self, h0, graph: Graph, rules: RuleSet) -> jax.Array:
         layers, energy_readout = self.layer_functions(graph, rules)
         h = h0
         for layer in layers:
             h = layer(h)
         return energy_readout(h)
+
+    def atomwise_energy(self, graph: Graph, rules: RuleSet) -> jax.Array:
+        """Atomwise energies (eV) of one frame for every architecture (``rules`` only act on layers)."""
+        if self.has_layers:
+            return self.atomwise_energy_from_embedding(self.embed(graph), graph, rules)
+        return self._energy(graph, self.net.atomwise_output(graph, species_lookup(self.species, graph.species)))
 
 
 def _per_frame(fn):
@@ -133,7 +167,7 @@ def _per_frame(fn):
 
 @dataclass(frozen=True)
 class Potential:
-    """Pure-function interface of a SchNet or PaiNN potential.
+    """Pure-function interface of a SchNet, PaiNN or body-ordered potential.
 
     Every method takes ``params`` (the ``nnx.State`` from :meth:`create` or
     :func:`jaxrel.checkpoint.load_checkpoint`) and a :class:`~jaxrel.graph.Graph`; a graph
@@ -164,7 +198,11 @@ class Potential:
         return nnx.merge(self.graphdef, *(params if isinstance(params, tuple) else (params,)))
 
     def embedding(self, params, graph: Graph) -> jax.Array:
-        """Input features h⁽⁰⁾ = embed(Z) of one frame: (n_atoms, n_features)."""
+        """Input features h⁽⁰⁾ = embed(Z) of one frame: (n_atoms, n_features).
+
+        Raises:
+            ValueError: for the body-ordered model, which has no message-passing layers.
+        """
         return self.module(params).embed(graph)
 
     def atomwise_energy_from_embedding(self, params, h0: jax.Array, graph: Graph,
@@ -181,9 +219,9 @@ class Potential:
         Returns:
             (n_atoms,) eV; 0 for padded atoms.
         Raises:
-            ValueError: an unknown rule name.
+            ValueError: an unknown rule name, or the body-ordered model (no layers).
         """
-        return self.module(params).atomwise_energy(h0, graph, resolve_rules(rules))
+        return self.module(params).atomwise_energy_from_embedding(h0, graph, resolve_rules(rules))
 
     def layer_functions(self, params, graph: Graph, rules: RuleSet | str = "identity"):
         """The forward pass of one frame split into layers, for the relevance engine.
@@ -194,7 +232,7 @@ class Potential:
             with atoms on axis 0), and ``energy_readout`` maps h⁽ᵀ⁾ to atomwise energies
             (n_atoms,) eV. Composing them equals :meth:`atomwise_energy_from_embedding`.
         Raises:
-            ValueError: an unknown rule name.
+            ValueError: an unknown rule name, or the body-ordered model (no layers).
         """
         return self.module(params).layer_functions(graph, resolve_rules(rules))
 
@@ -202,9 +240,10 @@ class Potential:
     def atomwise_energy(self, params, graph: Graph, rules: RuleSet | str = "identity") -> jax.Array:
         """Atomwise energies E_i, eV: (n_atoms,) or (n_frames, n_atoms); 0 for padding.
 
-        ``rules`` (a rule set or its name) changes gradients only, never the value.
+        ``rules`` (a rule set or its name) changes gradients only, never the value; the
+        body-ordered model has no layers for them to act on and ignores them.
         """
-        return self.atomwise_energy_from_embedding(params, self.embedding(params, graph), graph, rules)
+        return self.module(params).atomwise_energy(graph, resolve_rules(rules))
 
     def energy(self, params, graph: Graph, rules: RuleSet | str = "identity") -> jax.Array:
         """Total energy E = Σ_i E_i, eV: () for one frame, (n_frames,) for a batch."""

@@ -1,4 +1,5 @@
-"""Checkpoints of potentials: ``config.json`` (hyperparameters, metadata) and ``params.msgpack``.
+"""Checkpoints of potentials: ``config.json`` (hyperparameters, metadata) and ``params.msgpack``;
+ensembles of seeds: a folder with ``ensemble.json`` listing one checkpoint folder per seed.
 
 Loading needs only flax and the model definitions, not the training code or optax, so
 the calculator, MD, explanations and reports load a model without importing
@@ -69,3 +70,42 @@ def load_checkpoint(directory: str | Path) -> tuple[Potential, nnx.State, dict]:
         raise ValueError(f"checkpoint {directory}/params.msgpack is corrupt ({type(err).__name__}: "
                          f"{err}); retrain or restore the file") from None
     return potential, template, config.get("metadata", {})
+
+
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def save_ensemble(directory: str | Path, members: list[str], seeds: list[int], metadata: dict | None = None) -> Path:
+    """Write ``ensemble.json``: the member checkpoint folders (relative to ``directory``) and their seeds."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / ENSEMBLE_FILE).write_text(json.dumps(
+        {"format": CHECKPOINT_FORMAT, "members": members, "seeds": seeds, "metadata": metadata or {}}, indent=2))
+    return directory / ENSEMBLE_FILE
+
+
+def load_models(directory: str | Path) -> list[tuple[Potential, nnx.State, dict]]:
+    """One checkpoint (``config.json``) or every member of an ensemble (``ensemble.json``).
+
+    Returns:
+        ``[(potential, params, metadata), …]``: one entry for a checkpoint, one per seed for an
+        ensemble (metadata gains ``"seed"``).
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_checkpoint`, for the folder or a member;
+            a corrupt ``ensemble.json``.
+    """
+    directory = Path(directory)
+    if not (directory / ENSEMBLE_FILE).is_file():
+        return [load_checkpoint(directory)]
+    try:
+        listing = json.loads((directory / ENSEMBLE_FILE).read_text())
+        members, seeds = listing["members"], listing["seeds"]
+        if len(members) != len(seeds) or not members:
+            raise ValueError("members and seeds differ in length or are empty")
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{directory / ENSEMBLE_FILE} is corrupt ({err}); retrain with --seeds") from None
+    out = []
+    for member, seed in zip(members, seeds):
+        potential, params, metadata = load_checkpoint(directory / member)
+        out.append((potential, params, {**metadata, "seed": seed}))
+    return out

@@ -26,7 +26,7 @@ def _train(args) -> dict:
                            dtype=args.dtype, epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
                            learning_rate=args.lr, energy_weight=args.energy_weight,
                            forces_weight=args.forces_weight, species_energies=args.species_energies,
-                           n_train=args.train, n_validation=args.validation, seed=args.seed,
+                           n_train=args.train, n_validation=args.validation, seed=args.seed, seeds=args.seeds,
                            progress=not args.quiet)
 
 
@@ -147,9 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default) or zero (isolated atoms at energy 0, e.g. noble-gas ground truth)")
     p.add_argument("--train", type=int, help="training frames (default: all but validation/test)")
     p.add_argument("--validation", type=int, help="validation frames (default 5%%)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="split, shuffling and initialisation seed (default 0)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="ensemble size K: K models initialised with seeds seed … seed + K − 1, trained in one "
+                        "vmapped run on the same batches and saved as OUT/model_seed<s>/ with OUT/ensemble.json "
+                        "(explain and audit take OUT as --model and report the spread over seeds)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--out", required=True, help="output folder: OUT/model/ and OUT/metrics.json")
+    p.add_argument("--out", required=True, help="output folder: OUT/model/ (or the ensemble) and OUT/metrics.json")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="errors of a trained model on labelled frames (JSON)")

@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxrel.checkpoint import save_checkpoint
+from jaxrel.checkpoint import save_checkpoint, save_ensemble
 from jaxrel.graph import Graph, build_graphs
 from jaxrel.models import ModelConfig, Potential
 from jaxrel.models.potential import SpeciesShift
@@ -151,26 +151,31 @@ def evaluate(potential: Potential, params, graph: Graph, targets: Targets,
 
 def train(potential: Potential, params, train_data: tuple[Graph, Targets],
           validation_data: tuple[Graph, Targets], config: TrainConfig,
-          checkpoint_dir: str | Path | None = None, progress: bool = True) -> tuple[nnx.State, dict]:
+          checkpoint_dir: str | Path | list | None = None, progress: bool = True):
     """Fit a potential's trainable parameters; return the best EMA params and a history.
 
+    An ensemble (``params`` a list, one initialisation per seed) is trained in one vmapped
+    run: every member sees the same batches in the same order, so members differ only by
+    their initialisation; each keeps its own optimiser state, EMA and best epoch.
+
     Args:
-        potential, params: from :meth:`Potential.create` (per-species shifts and scale
-            in ``params`` stay fixed).
+        potential: the model; params: from :meth:`Potential.create` (per-species shifts
+            and scale stay fixed and must be the same for every member), or a list of them.
         train_data, validation_data: (batched graph, targets); every frame must share one
             size class (capacities).
         config: optimisation settings.
-        checkpoint_dir: if given, the best params are saved there whenever the
-            validation loss improves.
+        checkpoint_dir: if given, the best params are saved there whenever the validation
+            loss improves (for an ensemble, a list with one folder per member).
         progress: show a progress bar with live losses.
 
     Returns:
-        ``(best_params, history)``; history has per-epoch ``train_loss``,
-        ``validation_loss``, ``learning_rate``, and ``seconds``, ``steps``,
-        ``frames_per_second``, ``best_epoch``.
+        ``(best_params, history)``, or for a list of params ``([best_params], [history])``;
+        a history has per-epoch ``train_loss``, ``validation_loss``, ``learning_rate``, and
+        ``seconds``, ``steps``, ``frames_per_second``, ``best_epoch``, ``best_validation_loss``.
 
     Raises:
-        ValueError: fewer training frames than one batch, or no validation frames.
+        ValueError: fewer training frames than one batch, no validation frames, or members
+            with different fixed shifts.
     """
     graph, targets = train_data
     n_train = graph.positions.shape[0]
@@ -179,23 +184,27 @@ def train(potential: Potential, params, train_data: tuple[Graph, Targets],
                          "lower --batch-size or add frames")
     if validation_data[0].positions.shape[0] == 0:
         raise ValueError("the validation set is empty; give at least one validation frame")
-
-    trainable, constants = nnx.split_state(params, nnx.Param, SpeciesShift)
+    members = list(params) if isinstance(params, (list, tuple)) else [params]
+    k_members = len(members)
+    parts = [nnx.split_state(p, nnx.Param, SpeciesShift) for p in members]
+    constants = parts[0][1]
+    for _, other in parts[1:]:
+        if not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(constants))):
+            raise ValueError("ensemble members must share their species shifts and energy scale")
+    trainable = jax.tree.map(lambda *x: jnp.stack(x), *[p for p, _ in parts])   # leading member axis
     optimizer = optax.chain(
         optax.clip_by_global_norm(config.clip_norm),
         optax.inject_hyperparams(optax.adamw)(learning_rate=config.learning_rate,
                                               weight_decay=config.weight_decay))
-    opt_state = optimizer.init(trainable)
+    opt_state = jax.vmap(optimizer.init)(trainable)
     w_e, w_f = config.energy_weight, config.forces_weight
 
     def loss_fn(p, g, t, weight):
         e_loss, f_loss = _losses(potential, (p, constants), g, t, weight)
         return w_e * e_loss + w_f * f_loss
 
-    @jax.jit
-    def step(p, ema, opt_state, lr, idx, graph, targets):
-        g, t = _batch(graph, targets, idx)
-        loss, grads = jax.value_and_grad(loss_fn)(p, g, t, jnp.ones(idx.shape[0], g.positions.dtype))
+    def member_step(p, ema, opt_state, lr, g, t):
+        loss, grads = jax.value_and_grad(loss_fn)(p, g, t, jnp.ones(g.positions.shape[0], g.positions.dtype))
         opt_state[1].hyperparams["learning_rate"] = lr
         updates, opt_state = optimizer.update(grads, opt_state, p)
         p = optax.apply_updates(p, updates)
@@ -206,26 +215,38 @@ def train(potential: Potential, params, train_data: tuple[Graph, Targets],
         ema = jax.tree.map(lambda e, q: d * e + (1 - d) * q, ema, p)
         return p, ema, opt_state, loss
 
+    @jax.jit
+    def step(p, ema, opt_state, lr, idx, graph, targets):
+        g, t = _batch(graph, targets, idx)
+        return jax.vmap(member_step, in_axes=(0, 0, 0, None, None, None))(p, ema, opt_state, lr, g, t)
+
     val_graph, val_targets = validation_data
 
     @jax.jit
     def val_loss(p, idx, weight, val_graph, val_targets):
         g, t = _batch(val_graph, val_targets, idx)
-        return loss_fn(p, g, t, weight) * weight.sum()
+        return jax.vmap(lambda q: loss_fn(q, g, t, weight) * weight.sum())(p)
 
     def validation(p):
         n = val_graph.positions.shape[0]
-        total = sum(float(val_loss(p, jnp.asarray(i), jnp.asarray(w, val_graph.positions.dtype),
-                                   val_graph, val_targets))
+        total = sum(np.asarray(val_loss(p, jnp.asarray(i), jnp.asarray(w, val_graph.positions.dtype),
+                                        val_graph, val_targets), np.float64)
                     for i, w in _index_batches(n, min(config.batch_size, n), None))
         return total / n
 
+    def member(tree, k):
+        return nnx.merge_state(jax.tree.map(lambda x: x[k], tree), constants)
+
+    dirs = (checkpoint_dir if isinstance(checkpoint_dir, (list, tuple)) else [checkpoint_dir]
+            if checkpoint_dir is not None else [None] * k_members)
     rng = np.random.default_rng(config.seed)
-    ema, best, best_loss, best_epoch = trainable, trainable, math.inf, 0
-    history = {"train_loss": [], "validation_loss": [], "learning_rate": []}
+    ema, best = trainable, trainable
+    best_loss, best_epoch = np.full(k_members, math.inf), np.zeros(k_members, int)
+    history = [{"train_loss": [], "validation_loss": [], "learning_rate": []} for _ in range(k_members)]
     start, steps, epoch = time.perf_counter(), 0, 0
     bar = tqdm(total=config.epochs if config.epochs else None, disable=not progress,
-               desc=f"train {potential.config.model}", unit="epoch")
+               desc=f"train {potential.config.model}" + (f" × {k_members} seeds" if k_members > 1 else ""),
+               unit="epoch")
     while True:
         elapsed = time.perf_counter() - start
         frac = (epoch / config.epochs) if config.epochs else elapsed / (60 * config.minutes)
@@ -239,25 +260,34 @@ def train(potential: Potential, params, train_data: tuple[Graph, Targets],
             losses.append(loss)
             steps += 1
         epoch += 1
-        train_loss = float(np.mean(jax.device_get(losses)))
+        train_loss = np.mean(np.asarray(jax.device_get(losses), np.float64), axis=0)
         current = validation(ema)
-        for key, value in (("train_loss", train_loss), ("validation_loss", current), ("learning_rate", lr)):
-            history[key].append(value)
-        if not np.isfinite(train_loss):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); "
+        for k in range(k_members):
+            for key, value in (("train_loss", float(train_loss[k])), ("validation_loss", float(current[k])),
+                               ("learning_rate", lr)):
+                history[k][key].append(value)
+        if not np.all(np.isfinite(train_loss)):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss.max()}); "
                                      "lower the learning rate or check the data for outliers")
-        if current < best_loss:
-            best, best_loss, best_epoch = ema, current, epoch
-            if checkpoint_dir is not None:
-                save_checkpoint(checkpoint_dir, potential, nnx.merge_state(best, constants))
+        improved = current < best_loss
+        if improved.any():
+            keep = jnp.asarray(improved)
+            best = jax.tree.map(lambda b, e: jnp.where(keep.reshape((-1,) + (1,) * (e.ndim - 1)), e, b), best, ema)
+            best_loss, best_epoch = np.where(improved, current, best_loss), np.where(improved, epoch, best_epoch)
+            for k in np.flatnonzero(improved):
+                if dirs[k] is not None:
+                    save_checkpoint(dirs[k], potential, member(best, k))
         bar.update(1)
-        bar.set_postfix(loss=f"{train_loss:.3g}", val=f"{current:.3g}", best=f"{best_loss:.3g}", lr=f"{lr:.1e}")
+        bar.set_postfix(loss=f"{train_loss.max():.3g}", val=f"{current.max():.3g}", best=f"{best_loss.max():.3g}",
+                        lr=f"{lr:.1e}")
     bar.close()
     seconds = time.perf_counter() - start
-    history.update(seconds=seconds, steps=steps, epochs=epoch, best_epoch=best_epoch,
-                   best_validation_loss=best_loss,
-                   frames_per_second=steps * config.batch_size / seconds)
-    return nnx.merge_state(best, constants), history
+    for k in range(k_members):
+        history[k].update(seconds=seconds, steps=steps, epochs=epoch, best_epoch=int(best_epoch[k]),
+                          best_validation_loss=float(best_loss[k]),
+                          frames_per_second=steps * config.batch_size / seconds)
+    bests = [member(best, k) for k in range(k_members)]
+    return (bests, history) if isinstance(params, (list, tuple)) else (bests[0], history[0])
 
 
 def labelled_graphs(frames, cutoff: float, dtype: str = "float32",
@@ -286,7 +316,7 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
                     epochs: int | None = None, minutes: float | None = None, batch_size: int = 8,
                     learning_rate: float = 1e-3, energy_weight: float = 0.05, forces_weight: float = 0.95,
                     species_energies: str = "fit", n_train: int | None = None, n_validation: int | None = None,
-                    seed: int = 0, progress: bool = True) -> dict:
+                    seed: int = 0, seeds: int = 1, progress: bool = True) -> dict:
     """Train a potential on a data file and write ``OUT/model/`` and ``OUT/metrics.json``.
 
     Frames are split deterministically (``seed``): validation 5 % (at least 1) unless
@@ -304,12 +334,18 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
             :class:`TrainConfig`.
         species_energies: ``"fit"`` or ``"zero"``.
         n_train, n_validation: frame counts (None: the defaults above).
+        seeds: ensemble size K. With K > 1 the models initialised with seeds seed … seed + K − 1
+            are trained in one vmapped run on the same batches (:func:`train`) and saved as
+            ``OUT/model_seed{s}/`` with ``OUT/ensemble.json`` (read by
+            :func:`jaxrel.checkpoint.load_models`); ``metrics.json`` then has one entry per seed
+            under ``"members"`` and the mean and standard deviation of the test errors.
         progress: a progress bar with live losses.
 
     Returns:
         The metrics (also in ``metrics.json``): ``validation`` and ``test`` errors
         (:func:`evaluate`), ``training`` (seconds, epochs, steps, best_epoch,
-        frames_per_second) and ``n_frames``.
+        frames_per_second) and ``n_frames``; for an ensemble ``{"members": {seed: metrics},
+        "test_mean", "test_std", "seeds"}``.
     Raises:
         ValueError: too few frames for non-empty splits, bad settings, or data errors
             (as :func:`jaxrel.data.read_frames` and :func:`jaxrel.graph.build_graphs`).
@@ -318,6 +354,8 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
 
     if species_energies not in ("fit", "zero"):
         raise ValueError(f"species_energies is {species_energies!r}; use 'fit' or 'zero'")
+    if seeds < 1:
+        raise ValueError(f"seeds is {seeds}; train at least one model")
     frames = read_frames(data)
     n = len(frames)
     n_val = n_validation if n_validation is not None else max(1, round(0.05 * n))
@@ -343,27 +381,45 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
     species = sorted(set(frames.species.tolist()) | set(test_frames.species.tolist()))
     config = ModelConfig(model, tuple(species), cutoff=cutoff, n_features=n_features,
                          n_interactions=n_interactions, n_rbf=n_rbf, dtype=dtype)
-    potential, params = Potential.create(config, shifts, max(scale, 1e-3), seed=seed)
+    members = list(range(seed, seed + seeds))
+    created = [Potential.create(config, shifts, max(scale, 1e-3), seed=s) for s in members]
+    potential = created[0][0]
     train_config = TrainConfig(epochs=epochs, minutes=minutes, batch_size=batch_size, learning_rate=learning_rate,
                                energy_weight=energy_weight, forces_weight=forces_weight, seed=seed)
     graphs = {name: labelled_graphs(f, cutoff, dtype)
               for name, f in (("train", train_frames), ("validation", val_frames), ("test", test_frames))}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    best, history = train(potential, params, graphs["train"], graphs["validation"], train_config,
-                          checkpoint_dir=out / "model", progress=progress)
-    metrics = {name: evaluate(potential, best, *graphs[name]) for name in ("validation", "test")}
-    metrics["training"] = {k: history[k] for k in ("seconds", "epochs", "steps", "best_epoch", "frames_per_second")}
-    metrics["n_frames"] = {"train": len(train_frames), "validation": len(val_frames), "test": len(test_frames)}
+    folders = [out / "model"] if seeds == 1 else [out / f"model_seed{s}" for s in members]
+    bests, histories = train(potential, [p for _, p in created], graphs["train"], graphs["validation"],
+                             train_config, checkpoint_dir=folders, progress=progress)
     settings = {"data": str(data), "test_data": None if test_data is None else str(test_data), "model": model,
                 "cutoff": cutoff, "features": n_features, "interactions": n_interactions, "rbf": n_rbf,
                 "dtype": dtype, "epochs": epochs, "minutes": minutes, "batch_size": batch_size,
                 "lr": learning_rate, "energy_weight": energy_weight, "forces_weight": forces_weight,
                 "species_energies": species_energies, "train": n_train, "validation": n_validation,
-                "seed": seed, "out": str(out)}
-    run = {"command": sys.argv, "data": str(data), "test_data": settings["test_data"], "model": config.to_dict(),
-           "training": settings, "species_energies_eV": {str(k): v for k, v in shifts.items()},
-           "energy_scale_eV": scale, "history": history}
-    save_checkpoint(out / "model", potential, best, metadata={"run": run, "metrics": metrics})
+                "seed": seed, "seeds": seeds, "out": str(out)}
+    per_member = {}
+    for s, best, history, folder in zip(members, bests, histories, folders):
+        metrics = {name: evaluate(potential, best, *graphs[name]) for name in ("validation", "test")}
+        metrics["training"] = {k: history[k] for k in ("seconds", "epochs", "steps", "best_epoch",
+                                                       "frames_per_second")}
+        metrics["n_frames"] = {"train": len(train_frames), "validation": len(val_frames), "test": len(test_frames)}
+        run = {"command": sys.argv, "data": str(data), "test_data": settings["test_data"],
+               "model": config.to_dict(), "training": settings, "init_seed": s,
+               "species_energies_eV": {str(k): v for k, v in shifts.items()}, "energy_scale_eV": scale,
+               "history": history}
+        save_checkpoint(folder, potential, best, metadata={"run": run, "metrics": metrics})
+        per_member[s] = metrics
+    if seeds == 1:
+        metrics = per_member[seed]
+    else:
+        save_ensemble(out, [f.name for f in folders], members, metadata={"training": settings})
+        errors = {key: [m["test"][key] for m in per_member.values()]
+                  for key in ("energy_mae_meV", "forces_mae_meV_per_A") if per_member[seed]["test"][key] is not None}
+        metrics = {"seeds": members, "members": {str(s): m for s, m in per_member.items()},
+                   "test_mean": {k: float(np.mean(v)) for k, v in errors.items()},
+                   "test_std": {k: float(np.std(v)) for k, v in errors.items()},
+                   "training": per_member[seed]["training"]}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

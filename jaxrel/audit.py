@@ -6,7 +6,9 @@ Output folder::
     audit.json                  per method body-order totals, residuals, agreement, verdict
                                 (:meth:`jaxrel.analysis.faithfulness.Audit.summary`; the report
                                 links its copy in figures/)
-    mbe/, gi/, lrp-eps/, …      one explanation folder per method (nbody.npz + summary.json)
+    mbe/, gi/, lrp-eps/, …      one explanation folder per method (nbody.npz + summary.json); for an
+                                ensemble of seeds the mean over the seeds with each term's spread
+    seeds/seed<s>/<method>/     (ensembles) each member's explanations
     report.html, figures/       the report of the first GNN-LRP rule's explanation (the MBE's
                                 for a model without message-passing layers) with the audit
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxrel.analysis import build_report
-from jaxrel.analysis.faithfulness import AUDIT_RULES, Audit, run_audit
+from jaxrel.analysis.faithfulness import AUDIT_RULES, Audit, run_audit, run_ensemble_audit
 from jaxrel.analysis.recovery import load_ground_truth
 from jaxrel.analysis.write import write_json
 
@@ -29,16 +31,20 @@ def default_rules(potential) -> tuple[str, ...]:
     return () if potential.config.model == "bodyordered" else AUDIT_RULES
 
 
-def audit_to_folder(potential, params, frames, out, *, frame_index=None, model_path=None, data_path=None,
-                    max_order: int = 3, rules=None, forces: bool = True, title: str | None = None,
-                    notes: list[str] | None = None, progress: bool = False) -> tuple[Audit, Path]:
-    """Run :func:`~jaxrel.analysis.faithfulness.run_audit` and write its folder (module docstring).
+def audit_to_folder(models: list[tuple], frames, out, *, seeds: list[int] | None = None, frame_index=None,
+                    model_path=None, data_path=None, max_order: int = 3, rules=None, forces: bool = True,
+                    title: str | None = None, notes: list[str] | None = None,
+                    progress: bool = False) -> tuple[Audit, Path]:
+    """Run the audit of one model or an ensemble and write its folder (module docstring).
 
     Args:
-        potential, params, frames, frame_index, model_path, data_path, max_order, forces: as
+        models: [(potential, params)]: one model, or one per seed of an ensemble (as
+            :func:`jaxrel.checkpoint.load_models` gives them, metadata dropped).
+        frames, frame_index, model_path, data_path, max_order, forces: as
             :func:`~jaxrel.analysis.faithfulness.run_audit`; ground truth is read from
             ``data_path`` when it is a ``jaxrel generate noble-gas`` file.
         out: the output folder (created).
+        seeds: the seeds of an ensemble's members (default 0, 1, …).
         rules: GNN-LRP rule names (default :func:`default_rules`).
         title, notes: of the report.
         progress: progress bars.
@@ -48,20 +54,26 @@ def audit_to_folder(potential, params, frames, out, *, frame_index=None, model_p
     Raises:
         ValueError: as ``run_audit``; GNN-LRP rules asked of a model without message-passing layers.
     """
+    potential = models[0][0]
     rules = default_rules(potential) if rules is None else tuple(rules)
     if rules and not default_rules(potential):
         raise ValueError(f"the {potential.config.model} model has no message-passing layers for GNN-LRP: "
                          "audit it with the MBE alone (leave --rules out)")
     out = Path(out)
-    audit = run_audit(potential, params, frames, max_order=max_order, rules=rules, forces=forces,
-                      truth=load_ground_truth(data_path), frame_index=frame_index, model_path=model_path,
-                      data_path=data_path, progress=progress)
+    options = dict(max_order=max_order, rules=rules, forces=forces, frame_index=frame_index,
+                   model_path=model_path, data_path=data_path, progress=progress)
+    truth = load_ground_truth(data_path)
+    if len(models) == 1:
+        audit = run_audit(*models[0], frames, truth=truth, **options)
+    else:
+        audit = run_ensemble_audit(models, list(range(len(models))) if seeds is None else seeds, frames,
+                                   truth=truth, **options)
     for name, explanation in audit.explanations.items():
         explanation.save(out / name)
     write_json(out / "audit.json", audit.summary())
     main = audit.explanations[rules[0] if rules else "mbe"]
     report = build_report(main, out, data_path=data_path, audit=audit, progress=progress,
-                          title=title or f"jaxrel audit: {Path(str(model_path or 'model')).parent.name or 'model'}",
+                          title=title or f"jaxrel audit: {Path(str(model_path or 'model')).name or 'model'}",
                           notes=notes)
     return audit, report["report"]
 

@@ -58,36 +58,45 @@ def _frame_range(spec: str | None, n_frames: int) -> list[int]:
 
 
 def _explain(args) -> dict:
-    from jaxrel.checkpoint import load_checkpoint
+    from jaxrel.checkpoint import load_models
     from jaxrel.data import read_frames
     from jaxrel.nn import RuleSet
-    from jaxrel.relevance import explain
+    from jaxrel.relevance import ensemble_mean, explain
 
-    potential, params, _ = load_checkpoint(args.model)
+    models = load_models(args.model)
     frames = read_frames(args.data)
     index = _frame_range(args.frames, len(frames))
-    explanation = explain(potential, params, frames.select(np.array(index)), max_order=args.order,
-                          rules=RuleSet(args.rule, epsilon=args.epsilon, gamma=args.gamma), frame_index=index,
-                          model_path=args.model, data_path=args.data, progress=not args.quiet)
+    rules = RuleSet(args.rule, epsilon=args.epsilon, gamma=args.gamma)
+    members = [explain(potential, params, frames.select(np.array(index)), max_order=args.order, rules=rules,
+                       frame_index=index, model_path=args.model, data_path=args.data, progress=not args.quiet)
+               for potential, params, _ in models]
+    explanation = members[0]
+    if len(members) > 1:          # an ensemble: each seed in OUT/seed<s>/, the mean with spreads in OUT/
+        seeds = [m["seed"] for _, _, m in models]
+        for seed, member in zip(seeds, members):
+            member.save(Path(args.out) / f"seed{seed}")
+        explanation = ensemble_mean(members, seeds)
     out = explanation.save(args.out)
-    return {"out": str(out), "frames": len(index), "mean_seconds_per_frame": float(np.mean(explanation.seconds)),
+    return {"out": str(out), "frames": len(index), "seeds": explanation.metadata.get("seeds"),
+            "mean_seconds_per_frame": float(np.mean(explanation.seconds)),
             "max_abs_conservation_error_eV": float(np.abs(explanation.conservation_error).max())}
 
 
 def _audit(args) -> dict:
     from jaxrel.audit import audit_to_folder
-    from jaxrel.checkpoint import load_checkpoint
+    from jaxrel.checkpoint import load_models
     from jaxrel.data import read_frames
 
-    potential, params, _ = load_checkpoint(args.model)
+    models = load_models(args.model)
     frames = read_frames(args.data)
     index = _frame_range(args.frames, len(frames))
     rules = None if args.rules is None else [r.strip() for r in args.rules.split(",") if r.strip()]
-    audit, report = audit_to_folder(potential, params, frames.select(np.array(index)), args.out, frame_index=index,
+    audit, report = audit_to_folder([(p, q) for p, q, _ in models], frames.select(np.array(index)), args.out,
+                                    seeds=[m.get("seed", 0) for _, _, m in models], frame_index=index,
                                     model_path=args.model, data_path=args.data, max_order=args.order,
                                     rules=rules, forces=not args.no_forces, progress=not args.quiet)
     return {"out": str(args.out), "report": str(report), "methods": list(audit.explanations),
-            "verdict": audit.verdict}
+            "seeds": audit.seeds, "verdict": audit.verdict}
 
 
 def _generate(args) -> dict:
@@ -162,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("explain", help="exact n-body relevance decomposition (GNN-LRP) of frames")
-    p.add_argument("--model", required=True, help="model folder written by train (OUT/model)")
+    p.add_argument("--model", required=True, help="model folder written by train (OUT/model), or an ensemble "
+                                                  "(train --seeds: OUT; the mean and spread over seeds go to --out, "
+                                                  "each seed to --out/seed<s>)")
     p.add_argument("--data", required=True)
     p.add_argument("--frames", help="index or start:stop[:step] slice (default: all)")
     p.add_argument("--order", type=int, default=3, help="highest body order (≤ interactions + 1)")
@@ -175,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("audit", help="faithfulness: the model's many-body expansion beside GNN-LRP rules "
                                      "(and the exact terms of noble-gas data)")
-    p.add_argument("--model", required=True, help="model folder written by train (OUT/model)")
+    p.add_argument("--model", required=True, help="model folder written by train (OUT/model), or an ensemble "
+                                                  "(train --seeds: OUT) whose mean and spread over seeds are audited")
     p.add_argument("--data", required=True, help="frames to audit; a 'jaxrel generate noble-gas' file adds "
                                                  "the comparison with the exact pair and triplet energies")
     p.add_argument("--frames", default="0:8", help="index or start:stop[:step] slice (default 0:8)")

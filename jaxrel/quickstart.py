@@ -81,7 +81,7 @@ def run_quickstart(out=DEFAULT_RUN_DIR, *, minutes: float = 4.0, n_frames: int =
              f"min on {metrics['n_frames']['train']} frames; held-out test errors: energy MAE "
              f"{test['energy_mae_meV'] / 64:.3f} meV/atom, force MAE {test['forces_mae_meV_per_A']:.2f} meV/Å "
              f"(reference force RMS {test['forces_reference_rms_meV_per_A']:.1f} meV/Å)."]
-    audit, report_path = audit_to_folder(potential, params, read_frames(heldout_path), out, model_path=out / "model",
+    audit, report_path = audit_to_folder([(potential, params)], read_frames(heldout_path), out, model_path=out / "model",
                                          data_path=heldout_path, rules=AUDIT_RULES, notes=notes, progress=True,
                                          title="jaxrel quickstart: what SchNet learned about liquid argon, "
                                                "and how far its explanation can be trusted")

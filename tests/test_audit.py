@@ -107,3 +107,50 @@ def test_cli_audit_writes_every_method_folder_audit_json_and_the_report(argon_fi
     assert main(["audit", "--model", str(tmp_path / "model"), "--data", str(argon_file), "--rules", "gi,nonsense",
                  "--quiet", "--out", str(tmp_path / "bad")]) == 2
     assert "nonsense" in capsys.readouterr().err
+
+
+def test_ensemble_audit_averages_the_seeds_with_spreads_and_scores_each_seed(argon_file, tmp_path, capsys):
+    from jaxrel.analysis.faithfulness import run_ensemble_audit
+    from jaxrel.checkpoint import save_ensemble
+
+    models = [argon_potential("schnet"), argon_potential("schnet")]
+    models[1] = (models[1][0], jax_tree_scale(models[1][1], 1.1))
+    frames = read_frames(argon_file).select(np.array([0]))
+    truth = load_ground_truth(argon_file)
+    audit = run_ensemble_audit(models, [3, 4], frames, truth=truth, rules=("gi",), frame_index=[0])
+    single = [run_audit(p, q, frames, rules=("gi",), truth=truth, frame_index=[0]) for p, q in models]
+    for name in ("mbe", "gi"):
+        for n, table in audit.explanations[name].tables.items():
+            members = np.stack([s.explanations[name].tables[n].relevance for s in single])
+            np.testing.assert_allclose(table.relevance, members.mean(axis=0), rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(table.spread, members.std(axis=0, ddof=1), rtol=1e-9, atol=1e-15)
+    summary = audit.summary()
+    assert summary["seeds"]["seeds"] == [3, 4]
+    by_seed = summary["seeds"]["methods"]["mbe"]["versus_exact_by_seed"]["three_body_total_eV"]
+    assert by_seed == pytest.approx([s.physics["mbe"].three_body_total for s in single])
+    assert "over 2 seeds" in audit.verdict
+    for k, (potential, params) in enumerate(models):
+        save_checkpoint(tmp_path / f"model_seed{k + 3}", potential, params)
+    save_ensemble(tmp_path, ["model_seed3", "model_seed4"], [3, 4])
+    assert main(["audit", "--model", str(tmp_path), "--data", str(argon_file), "--frames", "0", "--rules", "gi",
+                 "--order", "2", "--quiet", "--out", str(tmp_path / "audit")]) == 0
+    assert json.loads(capsys.readouterr().out)["seeds"] == [3, 4]
+    loaded = Explanation.load(tmp_path / "audit" / "gi")
+    assert loaded.tables[2].spread is not None and loaded.metadata["seeds"] == [3, 4]
+    assert "Stability over 2 seeds" in (tmp_path / "audit" / "report.html").read_text(encoding="utf-8")
+    assert main(["explain", "--model", str(tmp_path), "--data", str(argon_file), "--frames", "0", "--order", "2",
+                 "--quiet", "--out", str(tmp_path / "explained")]) == 0
+    capsys.readouterr()
+    mean = Explanation.load(tmp_path / "explained")
+    seeds = [Explanation.load(tmp_path / "explained" / f"seed{s}") for s in (3, 4)]
+    np.testing.assert_allclose(mean.tables[2].relevance, (seeds[0].tables[2].relevance + seeds[1].tables[2].relevance) / 2)
+
+
+def jax_tree_scale(params, factor):
+    """The params with every trainable weight scaled (a second, different ensemble member)."""
+    import jax
+    from flax import nnx
+
+    from jaxrel.models.potential import SpeciesShift
+    trainable, constants = nnx.split_state(params, nnx.Param, SpeciesShift)
+    return nnx.merge_state(jax.tree.map(lambda x: x * factor, trainable), constants)

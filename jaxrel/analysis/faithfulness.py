@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,9 @@ class Audit:
     explanations: {method: Explanation}, "mbe" and GNN-LRP rule names; agreement:
     {(method a, method b): {order: Agreement or None (a constant side)}} term by term;
     recovery and physics: {method: Recovery / PhysicsScore} against the exact terms (None
-    without ground truth); three_body_in_truth; verdict: one sentence.
+    without ground truth); three_body_in_truth; verdict: one sentence. For an ensemble
+    (:func:`run_ensemble_audit`) the explanations are the means over the seeds (tables with a
+    ``spread`` column), ``seeds`` lists the seeds and ``member_physics`` each seed's scores.
     """
 
     explanations: dict[str, Explanation]
@@ -83,6 +85,8 @@ class Audit:
     physics: dict[str, PhysicsScore] | None
     three_body_in_truth: bool | None
     verdict: str
+    seeds: list[int] | None = None
+    member_physics: list[dict[str, PhysicsScore]] | None = None
 
     def summary(self) -> dict:
         """The JSON-ready result written as ``audit.json``."""
@@ -105,6 +109,9 @@ class Audit:
                "model": first.metadata.get("model"), "data": first.metadata.get("data"),
                "units": {"energy": "eV", "force": "eV/Å"}, "methods": methods, "agreement": agreement,
                "verdict": self.verdict}
+        if self.seeds is not None:
+            out["seeds"] = {"seeds": self.seeds, "methods": {name: _seed_dict(e, self.member_physics, name)
+                                                             for name, e in self.explanations.items()}}
         if self.physics is not None:
             any_recovery = next(iter(self.recovery.values()))
             exact = {"2": any_recovery.pairs.exact_total.tolist()}
@@ -114,6 +121,27 @@ class Audit:
             out["versus_exact"] = {name: _physics_dict(score, self.recovery[name])
                                    for name, score in self.physics.items()}
         return out
+
+
+def _seed_dict(explanation: Explanation, member_physics, name: str) -> dict:
+    """How stable one method's terms are over the seeds of an ensemble."""
+    out = {}
+    totals = explanation.metadata.get("seed_order_totals_eV", {})
+    for n, table in sorted(explanation.tables.items()):
+        size = np.abs(table.relevance)
+        out[str(n)] = {"mean_abs_term_eV": float(size.mean()), "mean_spread_eV": float(table.spread.mean()),
+                       "relative_spread": float(table.spread.mean() / max(size.mean(), 1e-300)),
+                       "resolved_fraction": float(np.mean(size > 2 * table.spread)),
+                       "frame_total_std_eV": np.std(totals[str(n)], axis=0, ddof=1).tolist()
+                       if len(totals.get(str(n), [])) > 1 else None}
+    if member_physics is not None:
+        scores = [m[name] for m in member_physics]
+        out["versus_exact_by_seed"] = {
+            "pair_curve_rms_over_epsilon": [max(s.pair_curve_rms_over_epsilon.values()) for s in scores],
+            "three_body_total_eV": [s.three_body_total for s in scores],
+            "three_body_error": [s.three_body_error for s in scores],
+            "meets_goals": [s.meets_goals for s in scores]}
+    return out
 
 
 def _agreement_dict(g: Agreement) -> dict:
@@ -252,10 +280,35 @@ def _verdict(explanations, agreement, physics, three_body) -> str:
             "model's terms only at orders where it agrees with it (" + "; ".join(parts) + ").")
 
 
+def decompose(potential, params, frames, *, max_order: int = 3, rules=AUDIT_RULES, forces: bool = True,
+              frame_index=None, model_path=None, data_path=None, chunk_size: int | None = 256,
+              progress: bool = False) -> dict[str, Explanation]:
+    """The MBE (with body-order forces) and each GNN-LRP rule's explanation of the same frames.
+
+    Returns:
+        {"mbe": Explanation, rule: Explanation, …}.
+    Raises:
+        ValueError: an unknown rule (before any computation), or as
+            :func:`jaxrel.relevance.explain` and :func:`jaxrel.relevance.many_body_expansion`.
+    """
+    from jaxrel.nn import resolve_rules
+    from jaxrel.relevance import explain, many_body_expansion
+
+    for rule in rules:
+        resolve_rules(rule)
+    common = dict(max_order=max_order, frame_index=frame_index, model_path=model_path, data_path=data_path,
+                  progress=progress)
+    explanations = {"mbe": many_body_expansion(potential, params, frames, forces=forces, **common)}
+    for rule in rules:
+        explanations[rule] = explain(potential, params, frames, rules=rule, chunk_size=chunk_size, **common)
+    return explanations
+
+
 def run_audit(potential, params, frames, *, max_order: int = 3, rules=AUDIT_RULES, forces: bool = True,
               truth: Mapping | None = None, frame_index=None, model_path=None, data_path=None,
               chunk_size: int | None = 256, progress: bool = False) -> Audit:
-    """Decompose the same frames with the MBE and each GNN-LRP rule, then compare.
+    """Decompose the same frames with the MBE and each GNN-LRP rule (:func:`decompose`), then
+    compare them with each other and with ``truth`` (:func:`compare_decompositions`).
 
     Args:
         potential, params: the model.
@@ -272,20 +325,44 @@ def run_audit(potential, params, frames, *, max_order: int = 3, rules=AUDIT_RULE
     Returns:
         :class:`Audit`.
     Raises:
-        ValueError: as :func:`jaxrel.relevance.explain` and
-            :func:`jaxrel.relevance.many_body_expansion`.
+        ValueError: as :func:`decompose`.
     """
-    from jaxrel.nn import resolve_rules
-    from jaxrel.relevance import explain, many_body_expansion
+    return compare_decompositions(decompose(potential, params, frames, max_order=max_order, rules=rules,
+                                            forces=forces, frame_index=frame_index, model_path=model_path,
+                                            data_path=data_path, chunk_size=chunk_size, progress=progress), truth)
 
-    for rule in rules:           # an unknown rule fails before any computation
-        resolve_rules(rule)
-    common = dict(max_order=max_order, frame_index=frame_index, model_path=model_path, data_path=data_path,
-                  progress=progress)
-    explanations = {"mbe": many_body_expansion(potential, params, frames, forces=forces, **common)}
-    for rule in rules:
-        explanations[rule] = explain(potential, params, frames, rules=rule, chunk_size=chunk_size, **common)
-    return compare_decompositions(explanations, truth)
+
+def run_ensemble_audit(models: list[tuple], seeds: list[int], frames, *, truth: Mapping | None = None,
+                       **options) -> Audit:
+    """The audit of an ensemble of seeds: each member decomposed (:func:`decompose`), each method's
+    members averaged term by term with their spread (:func:`jaxrel.relevance.ensemble_mean`), the
+    means compared (:func:`compare_decompositions`) and every seed scored against ``truth``.
+
+    Args:
+        models: [(potential, params)] one per seed (as :func:`jaxrel.checkpoint.load_models` gives).
+        seeds: their seeds.
+        frames, truth, options: as :func:`run_audit` (``options``: max_order, rules, forces,
+            frame_index, model_path, data_path, chunk_size, progress).
+
+    Returns:
+        :class:`Audit` with ``seeds`` and ``member_physics`` set.
+    Raises:
+        ValueError: as :func:`decompose` and :func:`~jaxrel.relevance.ensemble_mean`.
+    """
+    from jaxrel.relevance import ensemble_mean
+
+    members = [decompose(potential, params, frames, **options) for potential, params in models]
+    means = {name: ensemble_mean([m[name] for m in members], seeds) for name in members[0]}
+    audit = compare_decompositions(means, truth)
+    member_physics = None if truth is None else [compare_decompositions(m, truth).physics for m in members]
+    verdict = audit.verdict
+    if member_physics is not None and len(seeds) > 1:
+        spread = "; ".join(f"{name} {np.mean([p[name].three_body_total for p in member_physics]):+.3f} ± "
+                           f"{np.std([p[name].three_body_total for p in member_physics], ddof=1):.3f} eV"
+                           for name in means if member_physics[0][name].three_body_total is not None)
+        if spread:
+            verdict = verdict[:-1] + f"; over {len(seeds)} seeds the 3-body total per frame is {spread}."
+    return replace(audit, seeds=list(map(int, seeds)), member_physics=member_physics, verdict=verdict)
 
 
 def plot_body_order_totals(audit: Audit, path) -> Path:

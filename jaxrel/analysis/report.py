@@ -178,6 +178,16 @@ def _faithfulness_section(audit: Audit | None, figures: dict[str, Path]) -> str:
                  None if r.triplets is None else float(np.mean(r.triplets.exact_total)), None, 0.0, 0.0, ""]
         rows.append(exact)
     parts.append(_table(header, rows))
+    if "seeds" in summary:
+        seed_rows = [[name, int(n), v["mean_abs_term_eV"], v["mean_spread_eV"], v["relative_spread"],
+                      v["resolved_fraction"]]
+                     for name, orders in summary["seeds"]["methods"].items()
+                     for n, v in orders.items() if n.isdigit() and int(n) > 1]
+        parts.append(f"<h3>Stability over {len(summary['seeds']['seeds'])} seeds</h3><p class='note'>Terms are "
+                     "means over the ensemble's seeds; a term is resolved when its mean is larger than twice its "
+                     "spread (standard deviation over the seeds).</p>"
+                     + _table(["method", "body order", "mean |term| (eV)", "mean spread (eV)", "spread / |term|",
+                               "resolved fraction"], seed_rows))
     agree = [[f"{a['a']} vs {a['b']}", a["order"], a["pearson_r"], a.get("slope"), a.get("mae_eV")]
              for a in summary["agreement"] if a["order"] > 1]
     if agree:

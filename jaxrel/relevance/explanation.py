@@ -20,7 +20,8 @@ Folder layout (file names and keys as written since jaxrel 0.1.0, so older folde
                   order{n}_distances, order3_angles (see Table); positions (n_frames, n_atoms, 3) Å,
                   species (n_atoms,), frame_index (n_frames,), cell (n_frames, 3, 3) Å if periodic,
                   atomwise_energy (n_frames, n_atoms) eV (format 2 on); optional: order{n}_forces (m, n, 3)
-                  eV/Å per-term forces and forces (n_frames, n_atoms, 3) eV/Å the model's forces (MBE)
+                  eV/Å per-term forces and forces (n_frames, n_atoms, 3) eV/Å the model's forces (MBE);
+                  order{n}_spread (m,) eV the terms' spread over an ensemble of seeds (ensemble_mean)
     summary.json  model, data, rule, epsilon, gamma, max_order, units, notes, frames: [{frame,
                   energy_eV, sum_relevance_eV, species_shift_eV, conservation_error_eV,
                   higher_order_residual_eV, body_order_totals_eV, n_terms, seconds}],
@@ -32,7 +33,7 @@ from __future__ import annotations
 import json
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -229,13 +230,13 @@ class Explanation:
         orders = sorted(int(m.group(1)) for key in arrays if (m := re.fullmatch(r"order(\d+)_frame", key)))
         tables = {}
         for n in orders:
-            keys = [k for k in COLUMNS if k != "forces" and (k != "angles" or n == 3)]
+            keys = [k for k in COLUMNS if k not in ("forces", "spread") and (k != "angles" or n == 3)]
             absent = [f"order{n}_{k}" for k in keys if f"order{n}_{k}" not in arrays]
             if absent:
                 raise ValueError(f"{npz} lacks {', '.join(absent)}: rerun jaxrel explain")
             try:
                 tables[n] = Table(**{k: arrays[f"order{n}_{k}"] for k in keys},
-                                  forces=arrays.get(f"order{n}_forces"))
+                                  forces=arrays.get(f"order{n}_forces"), spread=arrays.get(f"order{n}_spread"))
             except ValueError as err:
                 raise ValueError(f"{npz}: {err}; rerun jaxrel explain") from None
         listed = summary["frames"]
@@ -358,3 +359,48 @@ def _graph_and_geometry(potential, frames):
                          cell=frames.cell).astype(potential.config.dtype)
     cell = None if frames.cell is None else np.broadcast_to(frames.cell, (len(frames), 3, 3)).copy()
     return graph, np.asarray(frames.positions, np.float64), np.asarray(frames.species), cell
+
+
+def ensemble_mean(explanations: list[Explanation], seeds: list[int]) -> Explanation:
+    """The mean explanation of an ensemble of seeds, with each term's spread over the seeds.
+
+    Every member must explain the same frames with the same sets of atoms (models of one
+    configuration at one cutoff do). Tables hold the mean term (``relevance``) and its
+    standard deviation over the seeds (``spread``, ddof = 1; 0 for one seed); per-term
+    forces are averaged. The per-frame accounting, atomwise energies and model forces are
+    means; ``metadata["seeds"]`` lists the seeds and ``metadata["seed_order_totals_eV"]``
+    {n: (K, F) nested lists} the members' per-frame totals of each body order.
+
+    Raises:
+        ValueError: no members, a seed count that differs from the members, or members that
+            explain different frames or different sets of atoms.
+    """
+    if not explanations or len(explanations) != len(seeds):
+        raise ValueError(f"{len(explanations)} explanations for {len(seeds)} seeds: give one explanation per seed")
+    first = explanations[0]
+    for seed, e in zip(seeds[1:], explanations[1:]):
+        same = np.array_equal(e.frames, first.frames) and e.tables.keys() == first.tables.keys() and all(
+            np.array_equal(e.tables[n].atoms, t.atoms) and np.array_equal(e.tables[n].frame, t.frame)
+            for n, t in first.tables.items())
+        if not same:
+            raise ValueError(f"the member of seed {seed} explains other frames or atom sets than the member of "
+                             f"seed {seeds[0]}: explain one set of frames with models of one configuration")
+
+    def mean(key):
+        values = [getattr(e, key) for e in explanations]
+        return None if any(v is None for v in values) else np.mean(values, axis=0)
+
+    tables = {}
+    for n, table in first.tables.items():
+        stack = np.stack([e.tables[n].relevance for e in explanations])
+        forces = [e.tables[n].forces for e in explanations]
+        tables[n] = replace(table, relevance=stack.mean(axis=0),
+                            spread=stack.std(axis=0, ddof=1) if len(stack) > 1 else np.zeros(len(table)),
+                            forces=None if any(f is None for f in forces) else np.mean(forces, axis=0))
+    metadata = {**first.metadata, "seeds": list(map(int, seeds)),
+                "seed_order_totals_eV": {str(n): [e.order_totals(n).tolist() for e in explanations]
+                                         for n in first.tables}}
+    return replace(first, tables=tables, energy=mean("energy"), species_shift=mean("species_shift"),
+                   sum_relevance=mean("sum_relevance"), higher_order_residual=mean("higher_order_residual"),
+                   seconds=np.sum([e.seconds for e in explanations], axis=0),
+                   atomwise_energy=mean("atomwise_energy"), forces=mean("forces"), metadata=metadata)

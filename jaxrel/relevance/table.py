@@ -12,6 +12,8 @@ for m terms of body order n::
     angles     (m, 3)           float64 | degrees, the angle at atoms[:, 0], [:, 1], [:, 2] (n = 3 only, else None)
     forces     (m, n, 3)        float64 | eV/Å, −∂(term)/∂x of each of the term's atoms (optional: decompositions
                                           whose terms are functions of positions, i.e. the many-body expansion)
+    spread     (m,)             float64 | eV, standard deviation of the term over an ensemble of seeds, whose mean
+                                          is ``relevance`` (optional: :func:`~jaxrel.relevance.ensemble_mean`)
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import numpy as np
 
 from jaxrel.geometry import cluster_coordinates
 
-COLUMNS = ("frame", "atoms", "species", "relevance", "distances", "angles", "forces")
-"""Every column; ``angles`` (3-body only) and ``forces`` may be None."""
+COLUMNS = ("frame", "atoms", "species", "relevance", "distances", "angles", "forces", "spread")
+"""Every column; ``angles`` (3-body only), ``forces`` and ``spread`` may be None."""
+OPTIONAL = ("angles", "forces", "spread")
+"""The columns that may be None."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class Table:
     distances: np.ndarray
     angles: np.ndarray | None = None
     forces: np.ndarray | None = None
+    spread: np.ndarray | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -54,7 +59,7 @@ class Table:
         set_(self, "species", np.asarray(self.species, np.int32))
         set_(self, "relevance", np.asarray(self.relevance, np.float64))
         set_(self, "distances", np.asarray(self.distances, np.float64))
-        for key in ("angles", "forces"):
+        for key in OPTIONAL:
             if getattr(self, key) is not None:
                 set_(self, key, np.asarray(getattr(self, key), np.float64))
         widths = {"atoms": (m, n), "species": (m, n), "relevance": (m,), "distances": (m, n * (n - 1) // 2)}
@@ -62,6 +67,8 @@ class Table:
             widths["angles"] = (m, 3)
         if self.forces is not None:
             widths["forces"] = (m, n, 3)
+        if self.spread is not None:
+            widths["spread"] = (m,)
         for key, shape in widths.items():
             value = getattr(self, key)
             if value is None or value.shape != shape:
@@ -128,8 +135,9 @@ class Table:
         orders = {t.order for t in tables}
         if len(orders) > 1:
             raise ValueError(f"cannot concatenate tables of body orders {sorted(orders)}")
-        if len({t.forces is None for t in tables}) > 1:
-            raise ValueError("cannot concatenate tables with and without per-term forces")
+        for key in ("forces", "spread"):
+            if len({getattr(t, key) is None for t in tables}) > 1:
+                raise ValueError(f"cannot concatenate tables with and without the {key} column")
 
         def joined(key):
             return None if getattr(tables[0], key) is None else np.concatenate([getattr(t, key) for t in tables])
@@ -142,8 +150,8 @@ class Table:
 
     def with_relevance(self, values: np.ndarray) -> "Table":
         """The same terms with other values (m,), eV (e.g. the exact energies of the same
-        terms); per-term forces, which belong to the old values, are dropped."""
-        return replace(self, relevance=values, forces=None)
+        terms); per-term forces and spreads, which belong to the old values, are dropped."""
+        return replace(self, relevance=values, forces=None, spread=None)
 
     def frame_sums(self, frames: np.ndarray, absolute: bool = False) -> np.ndarray:
         """Σ relevance (or Σ |relevance|) of the rows of each frame number in ``frames``, eV.

@@ -7,6 +7,7 @@ Layers, each importing only the ones above it:
 * :mod:`~jaxrel.analysis.plots`: every figure (matplotlib, PNG), shared by all writers;
 * :mod:`~jaxrel.analysis.write` and :mod:`~jaxrel.analysis.recovery`: run analyses, write
   CSV/JSON/PNG and return the results in memory;
+* :mod:`~jaxrel.analysis.faithfulness`: the audit (MBE beside GNN-LRP and the exact terms);
 * :mod:`~jaxrel.analysis.report`: the self-contained HTML page.
 """
 
@@ -14,13 +15,18 @@ from jaxrel.analysis.numerics import (Agreement, BinnedCurve, Share, Shares, Str
                                       atomwise_relevance, body_order_shares, interaction_strength,
                                       pair_relevance_curve, rdf_label, species_label, triplet_angle_profile,
                                       triplet_distance_profile)
-from jaxrel.analysis.plots import (plot_atomwise, plot_body_order_shares, plot_decay, plot_pair_curves,
-                                   plot_triplet_profiles)
+from jaxrel.analysis.faithfulness import (Audit, PhysicsScore, compare_decompositions, run_audit,
+                                          run_ensemble_audit, write_audit)
+from jaxrel.analysis.plots import (plot_atomwise, plot_body_order_shares, plot_decay, plot_force_components,
+                                   plot_method_totals, plot_pair_curves, plot_pair_curves_by_method,
+                                   plot_terms_against, plot_triplet_profiles)
 from jaxrel.analysis.recovery import Recovery, TermRecovery, compare_with_ground_truth, is_ground_truth, write_recovery
 from jaxrel.analysis.report import build_report
 from jaxrel.analysis.write import Written, write_analysis
 
-__all__ = ["Agreement", "BinnedCurve", "Recovery", "Share", "Shares", "Strength", "TermRecovery", "Written",
+__all__ = ["Audit", "PhysicsScore", "compare_decompositions", "run_audit", "run_ensemble_audit", "write_audit",
+           "plot_force_components", "plot_method_totals", "plot_pair_curves_by_method", "plot_terms_against",
+           "Agreement", "BinnedCurve", "Recovery", "Share", "Shares", "Strength", "TermRecovery", "Written",
            "atomwise_comparison", "atomwise_relevance", "body_order_shares", "build_report",
            "compare_with_ground_truth", "interaction_strength", "is_ground_truth", "pair_relevance_curve",
            "plot_atomwise", "plot_body_order_shares", "plot_decay", "plot_pair_curves", "plot_triplet_profiles",

@@ -26,10 +26,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
-from jaxrel.analysis.numerics import Agreement, atomwise_comparison, pair_relevance_curve, species_label
-from jaxrel.analysis.plots import _colour, _save
+from jaxrel.analysis.numerics import Agreement, atomwise_comparison, pair_relevance_curve
+from jaxrel.analysis.plots import (plot_force_components, plot_method_totals, plot_pair_curves_by_method,
+                                   plot_terms_against)
 from jaxrel.analysis.recovery import Recovery, compare_with_ground_truth, match_terms
 from jaxrel.analysis.write import Written, write_json
 from jaxrel.relevance import Explanation
@@ -365,97 +365,27 @@ def run_ensemble_audit(models: list[tuple], seeds: list[int], frames, *, truth: 
     return replace(audit, seeds=list(map(int, seeds)), member_physics=member_physics, verdict=verdict)
 
 
-def plot_body_order_totals(audit: Audit, path) -> Path:
-    """Grouped bars: mean per-frame total of each body order (and the truncation residual)
-    for each method, with the exact totals when known; error bars are the spread over frames."""
-    fig = Figure(figsize=(6.8, 4.2))
-    ax = fig.add_subplot()
-    series = {name: {**{str(n): e.order_totals(n) for n in sorted(e.tables) if n > 1},
-                     "residual": e.higher_order_residual} for name, e in audit.explanations.items()}
-    if audit.recovery:
-        r = next(iter(audit.recovery.values()))
-        series["exact"] = {"2": r.pairs.exact_total, **({"3": r.triplets.exact_total} if r.triplets else {}),
-                           "residual": np.zeros_like(r.pairs.exact_total)}
-    groups = list(next(iter(series.values())).keys())
-    width = 0.8 / len(series)
-    for i, (name, totals) in enumerate(series.items()):
-        x = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
-        values = [totals.get(g, np.zeros(1)) for g in groups]
-        ax.bar(x, [np.mean(v) for v in values], width, yerr=[np.std(v) for v in values], color=_colour(i),
-               label=name, capsize=2)
-    ax.set_xticks(np.arange(len(groups)), [f"{g}-body" if g != "residual" else "higher orders" for g in groups])
-    ax.axhline(0.0, color="0.5", lw=0.8)
-    ax.set_ylabel("total per frame (eV)")
-    ax.legend(fontsize=8)
-    ax.set_title("body-order totals per frame by method")
-    return _save(fig, path)
-
-
-def plot_terms_against(audit: Audit, order: int, path, reference: str = "mbe") -> Path:
-    """Every term of one body order: each other method's value against the reference method's."""
-    fig = Figure(figsize=(5.2, 4.6))
-    ax = fig.add_subplot()
+def _terms_against(audit: Audit, order: int, reference: str = "mbe") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{method: (reference method's terms, the method's terms)} of one order, matched term by term."""
     ref = audit.explanations[reference].tables[order]
-    lo, hi = ref.relevance.min(), ref.relevance.max()
-    for i, (name, e) in enumerate(audit.explanations.items()):
-        if name == reference:
-            continue
-        t = e.tables[order]
-        idx, found = match_terms(t.frame, t.atoms, ref.frame, ref.atoms, e.n_atoms)
-        ax.plot(ref.relevance[idx[found]], t.relevance[found], ".", ms=2, alpha=0.5, color=_colour(i), label=name)
-        lo, hi = min(lo, t.relevance.min()), max(hi, t.relevance.max())
-    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
-    ax.set_xlabel(f"{reference} {order}-body term (eV)")
-    ax.set_ylabel(f"{order}-body term of the method (eV)")
-    ax.legend(fontsize=8, markerscale=4)
-    return _save(fig, path)
+    out = {}
+    for name, e in audit.explanations.items():
+        if name != reference:
+            t = e.tables[order]
+            idx, found = match_terms(t.frame, t.atoms, ref.frame, ref.atoms, e.n_atoms)
+            out[name] = (ref.relevance[idx[found]], t.relevance[found])
+    return out
 
 
-def plot_pair_curves_by_method(audit: Audit, path) -> Path:
-    """Mean 2-body term against distance for each method, with the exact pair energy of the
-    same pairs (black) when known; one panel per species pair."""
+def _pair_curves_by_method(audit: Audit):
+    """({method: {pair: BinnedCurve}}, exact {pair: BinnedCurve} of the same pairs or None)."""
     first = next(iter(audit.explanations.values()))
-    cutoff = (next(iter(audit.recovery.values())).ground_truth_cutoff_A if audit.recovery
-              else float(first.tables[2].distances.max()))
-    keys = sorted(pair_relevance_curve(first.tables[2], r_max=cutoff))
-    fig = Figure(figsize=(5.6 * len(keys), 4.2))
-    for k, key in enumerate(keys):
-        ax = fig.add_subplot(1, len(keys), k + 1)
-        for i, (name, e) in enumerate(audit.explanations.items()):
-            c = pair_relevance_curve(e.tables[2], r_max=cutoff)[key]
-            shown = c.count > 0
-            ax.plot(c.x[shown], c.mean[shown], "o-", ms=2.5, color=_colour(i), label=name)
-        if audit.recovery:
-            r = next(iter(audit.recovery.values()))
-            c = pair_relevance_curve(r.pair_table.with_relevance(r.pairs.exact), r_max=cutoff)[key]
-            shown = c.count > 0
-            ax.plot(c.x[shown], c.mean[shown], "k--", lw=1.2, label="exact")
-        ax.axhline(0.0, color="0.6", lw=0.8)
-        ax.set_xlabel("distance (Å)")
-        ax.set_ylabel("mean 2-body term (eV)")
-        ax.set_title(species_label(key))
-        ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def plot_body_order_forces(explanation: Explanation, path) -> Path:
-    """Histogram of the force components of each body order and of the residual (MBE)."""
-    split = explanation.body_order_forces()
-    fig = Figure(figsize=(6.0, 4.0))
-    ax = fig.add_subplot()
-    parts = {f"{n + 1}-body": split[:, n].ravel() for n in range(1, split.shape[1])}
-    parts["higher orders"] = explanation.force_residual.ravel()
-    span = max(float(np.abs(v).max()) for v in parts.values()) or 1.0
-    bins = np.linspace(-span, span, 81)
-    for i, (label, values) in enumerate(parts.items()):
-        rms = np.sqrt(np.mean(values ** 2))
-        ax.hist(values, bins=bins, histtype="step", color=_colour(i), label=f"{label} (RMS {rms:.3g} eV/Å)")
-    ax.set_yscale("log")
-    ax.set_xlabel("force component (eV/Å)")
-    ax.set_ylabel("count")
-    ax.legend(fontsize=8)
-    ax.set_title("forces split by body order (model's MBE)")
-    return _save(fig, path)
+    recovery = next(iter(audit.recovery.values())) if audit.recovery else None
+    cutoff = recovery.ground_truth_cutoff_A if recovery else float(first.tables[2].distances.max())
+    curves = {name: pair_relevance_curve(e.tables[2], r_max=cutoff) for name, e in audit.explanations.items()}
+    exact = None if recovery is None else pair_relevance_curve(
+        recovery.pair_table.with_relevance(recovery.pairs.exact), r_max=cutoff)
+    return curves, exact
 
 
 def write_audit(audit: Audit, out_dir) -> Written:
@@ -468,14 +398,27 @@ def write_audit(audit: Audit, out_dir) -> Written:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figures = {"audit_body_order_totals": plot_body_order_totals(audit, out / "audit_body_order_totals.png"),
-               "audit_pair_curves": plot_pair_curves_by_method(audit, out / "audit_pair_curves.png")}
+    totals = {name: {**{f"{n}-body": e.order_totals(n) for n in sorted(e.tables) if n > 1},
+                     "higher orders": e.higher_order_residual} for name, e in audit.explanations.items()}
+    if audit.recovery:
+        r = next(iter(audit.recovery.values()))
+        totals["exact"] = {"2-body": r.pairs.exact_total, **({"3-body": r.triplets.exact_total} if r.triplets else {}),
+                           "higher orders": np.zeros_like(r.pairs.exact_total)}
+    figures = {"audit_body_order_totals": plot_method_totals(totals, out / "audit_body_order_totals.png"),
+               "audit_pair_curves": plot_pair_curves_by_method(*_pair_curves_by_method(audit),
+                                                               out / "audit_pair_curves.png")}
     mbe = audit.explanations.get("mbe")
     if mbe is not None and len(audit.explanations) > 1:
         for n in sorted(mbe.tables):
             if n > 1:
-                figures[f"audit_terms_order{n}"] = plot_terms_against(audit, n, out / f"audit_terms_order{n}.png")
+                figures[f"audit_terms_order{n}"] = plot_terms_against(
+                    _terms_against(audit, n), out / f"audit_terms_order{n}.png",
+                    xlabel=f"mbe {n}-body term (eV)", ylabel=f"{n}-body term of the method (eV)")
     if mbe is not None and mbe.forces is not None and mbe.max_order > 1:
-        figures["audit_body_order_forces"] = plot_body_order_forces(mbe, out / "audit_body_order_forces.png")
+        split = mbe.body_order_forces()
+        parts = {f"{n + 1}-body": split[:, n] for n in range(1, split.shape[1])}
+        figures["audit_body_order_forces"] = plot_force_components(
+            {**parts, "higher orders": mbe.force_residual}, out / "audit_body_order_forces.png",
+            title="forces split by body order (model's MBE)")
     summary = audit.summary()
     return Written({"audit": summary}, figures, {"audit": write_json(out / "audit.json", summary)})

@@ -192,3 +192,89 @@ def plot_atomwise(predicted: np.ndarray, reference: np.ndarray, path, *, xlabel:
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_method_totals(totals: dict[str, dict[str, np.ndarray]], path, *,
+                       title: str = "body-order totals per frame by method") -> Path:
+    """Grouped bars: the mean over frames of each group's per-frame total, one colour per method.
+
+    Args:
+        totals: {method: {group label (e.g. "2-body"): (F,) per-frame totals, eV}}; every
+            method lists the groups of the first one (a missing group draws 0). Error bars are
+            the standard deviation over frames.
+    """
+    fig = Figure(figsize=(6.8, 4.2))
+    ax = fig.add_subplot()
+    groups = list(next(iter(totals.values())))
+    width = 0.8 / len(totals)
+    for i, (name, values) in enumerate(totals.items()):
+        x = np.arange(len(groups)) + (i - (len(totals) - 1) / 2) * width
+        rows = [np.asarray(values.get(g, np.zeros(1))) for g in groups]
+        ax.bar(x, [v.mean() for v in rows], width, yerr=[v.std() for v in rows], color=_colour(i), label=name,
+               capsize=2)
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    ax.set_ylabel("total per frame (eV)")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_terms_against(pairs: dict[str, tuple[np.ndarray, np.ndarray]], path, *, xlabel: str, ylabel: str) -> Path:
+    """Scatter of matched terms, one colour per method, with y = x dashed.
+
+    Args:
+        pairs: {method: (reference values (m,), the method's values (m,))}, eV.
+    """
+    fig = Figure(figsize=(5.2, 4.6))
+    ax = fig.add_subplot()
+    values = np.concatenate([np.concatenate(p) for p in pairs.values()]) if pairs else np.zeros(1)
+    for i, (name, (x, y)) in enumerate(pairs.items(), start=1):
+        ax.plot(x, y, ".", ms=2, alpha=0.5, color=_colour(i), label=name)
+    ax.plot([values.min(), values.max()], [values.min(), values.max()], "k--", lw=0.8, label="y = x")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, markerscale=4)
+    return _save(fig, path)
+
+
+def plot_pair_curves_by_method(curves: dict[str, dict[tuple[int, int], BinnedCurve]],
+                               exact: dict[tuple[int, int], BinnedCurve] | None, path, *,
+                               names: dict[int, str] | None = None) -> Path:
+    """Mean 2-body term against distance for each method (one panel per species pair), with the
+    exact mean of the same pairs dashed black when given."""
+    keys = sorted(next(iter(curves.values())))
+    fig = Figure(figsize=(5.6 * len(keys), 4.2))
+    for k, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), k + 1)
+        for i, (name, by_pair) in enumerate(curves.items()):
+            c = by_pair[key]
+            ax.plot(c.x[c.count > 0], c.mean[c.count > 0], "o-", ms=2.5, color=_colour(i), label=name)
+        if exact is not None and key in exact:
+            c = exact[key]
+            ax.plot(c.x[c.count > 0], c.mean[c.count > 0], "k--", lw=1.2, label="exact")
+        ax.axhline(0.0, color="0.6", lw=0.8)
+        ax.set_xlabel("distance (Å)")
+        ax.set_ylabel("mean 2-body term (eV)")
+        ax.set_title(species_label(key, names))
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_force_components(parts: dict[str, np.ndarray], path, *, title: str = "") -> Path:
+    """Histograms (log counts) of the Cartesian components of several force sets, eV/Å,
+    each labelled with its RMS."""
+    fig = Figure(figsize=(6.0, 4.0))
+    ax = fig.add_subplot()
+    span = max(float(np.abs(v).max()) for v in parts.values()) or 1.0
+    bins = np.linspace(-span, span, 81)
+    for i, (label, values) in enumerate(parts.items()):
+        values = np.asarray(values).ravel()
+        ax.hist(values, bins=bins, histtype="step", color=_colour(i),
+                label=f"{label} (RMS {np.sqrt(np.mean(values ** 2)):.3g} eV/Å)")
+    ax.set_yscale("log")
+    ax.set_xlabel("force component (eV/Å)")
+    ax.set_ylabel("count")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)

@@ -73,9 +73,15 @@ def audit_to_folder(models: list[tuple], frames, out, *, seeds: list[int] | None
     write_json(out / "audit.json", audit.summary())
     main = audit.explanations[rules[0] if rules else "mbe"]
     report = build_report(main, out, data_path=data_path, audit=audit, progress=progress,
-                          title=title or f"jaxrel audit: {Path(str(model_path or 'model')).name or 'model'}",
+                          title=title or f"jaxrel audit: {_model_name(model_path)}",
                           notes=notes)
     return audit, report["report"]
+
+
+def _model_name(model_path) -> str:
+    """A readable name for a model folder: its run folder for ``…/RUN/model``, else its own name."""
+    path = Path(str(model_path or "model"))
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
 
 
 def totals_line(audit: Audit) -> str:

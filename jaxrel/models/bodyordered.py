@@ -41,6 +41,11 @@ from jaxrel.nn import MLP, RuleSet, cosine_cutoff, gaussian_rbf, safe_norm, shif
 MAX_ANGULAR = 3
 """Highest power L of cos θ_jik in the triplet term."""
 
+# Unique monomials x^a y^b z^c (a + b + c = l ≤ 3) in the order built by
+# BodyOrdered.atomwise_output: their degree l and multinomial weight l! / (a! b! c!).
+_MONOMIAL_DEGREE = (0, 1, 1, 1, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3)
+_MONOMIAL_WEIGHT = (1., 1., 1., 1., 1., 1., 1., 2., 2., 2., 1., 1., 1., 3., 3., 3., 3., 3., 3., 6.)
+
 
 class BodyOrdered(nnx.Module):
     """Body-ordered (2 + 3-body) energy model; see :class:`jaxrel.models.Potential` for the pure API.
@@ -100,25 +105,48 @@ class BodyOrdered(nnx.Module):
         vectors, r = edge_lengths(graph)
         mask = graph.edge_mask
         z_i, z_j = species_index[graph.receivers], species_index[graph.senders]
-        phi = jnp.where(mask, self._pair(r, z_i, z_j), 0.0)
-        pair = 0.5 * jax.ops.segment_sum(phi, graph.receivers, num_segments=n_atoms)
+        n_edges = r.shape[0]
+        rbf = gaussian_rbf(r, self.cutoff, self.n_rbf)
+        f_cut = cosine_cutoff(r, self.cutoff)
+        g = self.pair(rbf, RuleSet("identity"))
+        w = self.radial(rbf, RuleSet("identity"))
+        if self.n_species == 1:  # no species gathers needed
+            phi = g[:, 0] * f_cut
+            c_edge = self.triplet_coefficients[...][0]  # (F, L+1), same for every edge
+        else:
+            g = g.reshape(n_edges, self.n_species, self.n_species)
+            rows = jnp.arange(n_edges)
+            phi = 0.5 * (g[rows, z_i, z_j] + g[rows, z_j, z_i]) * f_cut
+            w = w.reshape(n_edges, self.n_species, self.n_features)[rows, z_j]
+            c_edge = self.triplet_coefficients[...][z_i]  # (n_edges, F, L+1)
+        w = jnp.where(mask[:, None], w * f_cut[:, None], 0.0)  # (n_edges, F)
+        phi = jnp.where(mask, phi, 0.0)
 
-        w = jnp.where(mask[:, None], self._radial(r, z_j), 0.0)  # (n_edges, F)
+        # Per-edge scalar part: ½ φ_ij − ½ Σ_f (Σ_l c_{f,l}(Z_i)) w_f(r_ij)² (the diagonal
+        # j = k terms removed from ‖M_{i,f,l}‖², using u·u = 1).
+        diagonal = jnp.sum(jnp.sum(c_edge, axis=-1) * (w * w), axis=-1)
+        scalar = jax.ops.segment_sum(0.5 * (phi - diagonal), graph.receivers,
+                                     num_segments=n_atoms)
+
+        # ‖Σ_j w_j u_j^{⊗l}‖² = Σ_α (l! / α!) (Σ_j w_j u_j^α)² over the unique monomials u^α
+        # of degree l: 1 + 3 + 6 + 10 = 20 components instead of 1 + 3 + 9 + 27.
         positive = (r > 0)[:, None]
         unit = jnp.where(positive, vectors / jnp.where(positive, r[:, None], 1.0), 0.0)
-        diagonal = jax.ops.segment_sum(w * w, graph.receivers, num_segments=n_atoms)  # (n_atoms, F)
-        power = jnp.ones((r.shape[0], 1), r.dtype)  # u^{⊗l}, flattened: (n_edges, 3^l)
-        squared_norms = []
-        for l in range(MAX_ANGULAR + 1):
-            if l > 0:
-                power = (power[:, :, None] * unit[:, None, :]).reshape(r.shape[0], 3**l)
-            moment = jax.ops.segment_sum(w[:, :, None] * power[:, None, :], graph.receivers,
-                                         num_segments=n_atoms)  # (n_atoms, F, 3^l)
-            squared_norms.append(jnp.sum(moment * moment, axis=-1))
-        off_diagonal = jnp.stack(squared_norms, axis=-1) - diagonal[:, :, None]  # (n_atoms, F, L+1)
-        c = self.triplet_coefficients[...][species_index]
-        triplet = 0.5 * jnp.sum(c * off_diagonal, axis=(1, 2))
-        return pair + triplet
+        x, y, z = unit[:, 0], unit[:, 1], unit[:, 2]
+        xx, yy, zz, xy, xz, yz = x * x, y * y, z * z, x * y, x * z, y * z
+        monomials = jnp.stack([
+            jnp.ones_like(x),
+            x, y, z,
+            xx, yy, zz, xy, xz, yz,
+            xx * x, yy * y, zz * z, xx * y, xx * z, yy * x, yy * z, zz * x, zz * y, xy * z,
+        ], axis=-1)  # (n_edges, 20)
+        # Layout (n_edges, 20, F): the scatter and its transpose are fastest with F minor.
+        moment = jax.ops.segment_sum(monomials[:, :, None] * w[:, None, :], graph.receivers,
+                                     num_segments=n_atoms)  # (n_atoms, 20, F)
+        c = jnp.swapaxes(self.triplet_coefficients[...][:, :, list(_MONOMIAL_DEGREE)], 1, 2)  # (S, 20, F)
+        c = c * jnp.asarray(_MONOMIAL_WEIGHT, c.dtype)[:, None]
+        triplet = 0.5 * jnp.sum(c[species_index] * (moment * moment), axis=(1, 2))
+        return scalar + triplet
 
     def pair_term(self, r: jax.Array, z_i: jax.Array, z_j: jax.Array) -> jax.Array:
         """φ(r; z_i, z_j) of one pair, dimensionless (multiply by the energy scale for eV).

@@ -28,7 +28,7 @@ from jaxrel.analysis.write import write_json
 def default_rules(potential) -> tuple[str, ...]:
     """The GNN-LRP rules an audit runs: all of :data:`AUDIT_RULES`, none for a model without
     message-passing layers (the body-ordered model is explained by its MBE alone)."""
-    return () if potential.config.model == "bodyordered" else AUDIT_RULES
+    return AUDIT_RULES if potential.has_layers else ()
 
 
 def audit_to_folder(models: list[tuple], frames, out, *, seeds: list[int] | None = None, frame_index=None,

@@ -1,7 +1,5 @@
 """The model's many-body expansion (jaxrel.relevance.mbe) against potentials whose terms are known."""
 
-import itertools
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -181,3 +179,15 @@ def test_mbe_of_the_body_ordered_model_equals_its_explicit_pair_and_triplet_term
     np.testing.assert_allclose(triplets.relevance, expected, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(e.tables[4].relevance, 0.0, atol=1e-11)   # no 4-body terms at all
     assert abs(e.higher_order_residual[0]) < 1e-10
+
+
+def test_gnn_lrp_of_the_body_ordered_model_points_to_its_many_body_expansion(cluster_frame):
+    from jaxrel.models import ModelConfig, Potential
+    from jaxrel.relevance import explain
+
+    potential, params = Potential.create(ModelConfig("bodyordered", (1, 8), cutoff=3.0, n_features=4, n_rbf=4,
+                                                     dtype="float64"))
+    assert not potential.has_layers and small_potential()[0].has_layers
+    with pytest.raises(ValueError, match="explain it with its many-body expansion"):
+        explain(potential, params, cluster_frame, max_order=2)
+    assert len(many_body_expansion(potential, params, cluster_frame, max_order=2).tables[2]) == 6

@@ -34,8 +34,14 @@ from jaxrel.nn import RuleSet, resolve_rules
 
 ARCHITECTURES = {"schnet": SchNet, "painn": PaiNN, "bodyordered": BodyOrdered}
 
-NO_LAYERS = ("the body-ordered model has no message-passing layers for GNN-LRP; explain it with its "
-             "many-body expansion (jaxrel audit / jaxrel.relevance.many_body_expansion)")
+
+def has_layers(net) -> bool:
+    """True for message-passing nets (SchNet, PaiNN; a class or an instance), whose forward pass
+    splits into layers; False for the body-ordered model."""
+    return hasattr(net, "layer_functions")
+
+NO_LAYERS = ("the body-ordered model has no message-passing layers for GNN-LRP: its energy is an "
+             "explicit sum of 2- and 3-body terms")
 
 
 @dataclass(frozen=True)
@@ -115,13 +121,8 @@ class EnergyModel(nnx.Module):
         self.shifts = SpeciesShift(jnp.asarray(shifts, dtype))
         self.scale = SpeciesShift(jnp.asarray(energy_scale, dtype))
 
-    @property
-    def has_layers(self) -> bool:
-        """True for message-passing nets (SchNet, PaiNN), False for the body-ordered model."""
-        return hasattr(self.net, "layer_functions")
-
     def _check_layers(self) -> None:
-        if not self.has_layers:
+        if not has_layers(self.net):
             raise ValueError(NO_LAYERS)
 
     def _energy(self, graph: Graph, y: jax.Array) -> jax.Array:
@@ -148,7 +149,7 @@ class EnergyModel(nnx.Module):
 
     def atomwise_energy(self, graph: Graph, rules: RuleSet) -> jax.Array:
         """Atomwise energies (eV) of one frame for every architecture (``rules`` only act on layers)."""
-        if self.has_layers:
+        if has_layers(self.net):
             return self.atomwise_energy_from_embedding(self.embed(graph), graph, rules)
         return self._energy(graph, self.net.atomwise_output(graph, species_lookup(self.species, graph.species)))
 
@@ -196,6 +197,12 @@ class Potential:
     def module(self, params) -> EnergyModel:
         """The NNX module for ``params`` (a State, or a tuple of States that make it up)."""
         return nnx.merge(self.graphdef, *(params if isinstance(params, tuple) else (params,)))
+
+    @property
+    def has_layers(self) -> bool:
+        """True when the forward pass splits into message-passing layers (SchNet, PaiNN), as the
+        GNN-LRP relevance engine needs; False for the body-ordered model."""
+        return has_layers(ARCHITECTURES[self.config.model])
 
     def embedding(self, params, graph: Graph) -> jax.Array:
         """Input features h⁽⁰⁾ = embed(Z) of one frame: (n_atoms, n_features).

@@ -305,9 +305,14 @@ def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | s
     Raises:
         ValueError: max_order outside 1..n_interactions + 1, an unknown rule, species the
             model was not trained on, bad positions or cells (as
-            :func:`jaxrel.graph.build_graphs`), frames with different atoms, or a
-            ``frame_index`` of the wrong length.
+            :func:`jaxrel.graph.build_graphs`), frames with different atoms, a
+            ``frame_index`` of the wrong length, or a model without message-passing layers
+            (the body-ordered model: explain it with its many-body expansion).
     """
+    if not potential.has_layers:
+        raise ValueError(f"the {potential.config.model} model has no message-passing layers for GNN-LRP; "
+                         "explain it with its many-body expansion (jaxrel audit, "
+                         "jaxrel.relevance.many_body_expansion)")
     rules = resolve_rules(rules)
     graph, positions, species, cell = _graph_and_geometry(potential, frames)
     n_frames = graph.positions.shape[0]

@@ -68,6 +68,12 @@ nothing), cell (3, 3) Å rows (periodic, minimum image) or None (vacuum). Jit- a
 vmap-safe; ``params`` is any pytree (None for a fixed function)."""
 
 
+def _check_order(max_order: int) -> None:
+    if not 1 <= max_order <= MAX_ORDER:
+        raise ValueError(f"max_order must be between 1 and {MAX_ORDER} for the many-body expansion, "
+                         f"got {max_order}")
+
+
 class FrameTerms(NamedTuple):
     """The MBE of one frame: ``orders`` {n: Table} (relevance column = ε, eV; forces column
     (m, n, 3) eV/Å when asked for) and ``seconds`` of wall time."""
@@ -168,9 +174,7 @@ def frame_expansion(cluster_energy: ClusterEnergy, params, graph: Graph, max_ord
         ValueError: max_order outside 1..MAX_ORDER, or a batched graph.
     """
     _require_single_frame(graph)
-    if not 1 <= max_order <= MAX_ORDER:
-        raise ValueError(f"max_order must be between 1 and {MAX_ORDER} for the many-body expansion, "
-                         f"got {max_order}")
+    _check_order(max_order)
     start = time.perf_counter()
     positions = np.asarray(graph.positions, np.float64)
     species = np.asarray(graph.species)
@@ -231,9 +235,7 @@ def many_body_expansion(potential, params, frames, *, max_order: int = 3, forces
             bad positions or cells, frames with different atoms, or a ``frame_index`` of the
             wrong length.
     """
-    if not 1 <= max_order <= MAX_ORDER:
-        raise ValueError(f"max_order must be between 1 and {MAX_ORDER} for the many-body expansion, "
-                         f"got {max_order}")
+    _check_order(max_order)
     graph, positions, species, cell = _graph_and_geometry(potential, frames)
     n_frames = graph.positions.shape[0]
     index = np.arange(n_frames) if frame_index is None else np.asarray(frame_index, np.int64).reshape(-1)

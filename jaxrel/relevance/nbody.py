@@ -26,7 +26,7 @@ from jaxrel.graph import Graph
 from jaxrel.nn import RuleSet, resolve_rules
 from jaxrel.relevance.backward import masked_relevance, padded_layer_sets
 from jaxrel.relevance.table import Table
-from jaxrel.relevance.walks import _require_single_frame, successors
+from jaxrel.relevance.walks import _require_single_frame
 
 
 def pack_subsets(graph: Graph, subsets: np.ndarray, max_per_pass: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -70,11 +70,11 @@ def audit_to_folder(models: list[tuple], frames, out, *, seeds: list[int] | None
                                    truth=truth, **options)
     for name, explanation in audit.explanations.items():
         explanation.save(out / name)
-    write_json(out / "audit.json", audit.summary())
     main = audit.explanations[rules[0] if rules else "mbe"]
     report = build_report(main, out, data_path=data_path, audit=audit, progress=progress,
                           title=title or f"jaxrel audit: {_model_name(model_path)}",
                           notes=notes)
+    write_json(out / "audit.json", report["audit"])
     return audit, report["report"]
 
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from jaxrel.analysis.faithfulness import Audit, write_audit
 from jaxrel.analysis.numerics import Shares, Strength, species_label
 from jaxrel.analysis.recovery import Recovery, compare_with_ground_truth, load_ground_truth, write_recovery
-from jaxrel.analysis.write import write_analysis
+from jaxrel.analysis.write import Written, write_analysis
 from jaxrel.relevance import Explanation
 
 FIGURE_CAPTIONS = {
@@ -148,8 +148,9 @@ def _recovery_section(recovery: Recovery, figures: dict[str, Path]) -> str:
     return "".join(parts)
 
 
-def _faithfulness_section(audit: Audit | None, figures: dict[str, Path]) -> str:
-    """Which decomposition to trust, with the numbers (or a warning that nobody checked)."""
+def _faithfulness_section(audit: Audit | None, written: Written | None) -> str:
+    """Which decomposition to trust, with the numbers (or a warning that nobody checked);
+    ``written`` is what :func:`write_audit` returned for ``audit``."""
     if audit is None:
         return ("<h2>Faithfulness</h2><p class='note'><b>Not audited.</b> The relevance terms below are "
                 "the model's GNN-LRP decomposition. They have not been held against the model's own "
@@ -162,7 +163,7 @@ def _faithfulness_section(audit: Audit | None, figures: dict[str, Path]) -> str:
              "the MBE against exact terms says whether the model learned the physics. Goals: pair curve "
              "within 5 % of ε (RMS over distance bins); 3-body total within 10 % of the exact one "
              "(without a 3-body term in the physics: |Σ 3-body| below 1 % of |Σ 2-body|).</p>"]
-    summary = audit.summary()
+    summary, figures = written.results["audit"], written.figures
     rows = []
     for name, m in summary["methods"].items():
         totals = m["body_order_totals_eV"]
@@ -223,7 +224,8 @@ def build_report(explanation, out_dir=None, *, data_path=None, title: str | None
     Returns:
         {"report": path of report.html, "analysis": the analysis results
         (:class:`~jaxrel.analysis.write.Written`.results), "recovery": the
-        :class:`~jaxrel.analysis.recovery.Recovery` (or None), "figures": {name: path}}.
+        :class:`~jaxrel.analysis.recovery.Recovery` (or None), "figures": {name: path},
+        "audit": the audit's summary as written to figures/audit.json (or None)}.
     Raises:
         FileNotFoundError, ValueError: a missing or corrupt explanation folder (see
             :meth:`Explanation.load`), or no ``out_dir`` for an explanation in memory.
@@ -258,7 +260,7 @@ def build_report(explanation, out_dir=None, *, data_path=None, title: str | None
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes or []]
     parts.append(_table(["", ""], meta_rows))
     audit_written = write_audit(audit, figures) if audit is not None else None
-    parts.append(_faithfulness_section(audit, audit_written.figures if audit_written else {}))
+    parts.append(_faithfulness_section(audit, audit_written))
     parts.append(_conservation_section(explanation))
     parts.append("<h2>Body orders</h2>" + _shares_table(analysis["body_order_shares"]))
     fig = written.figures
@@ -285,7 +287,8 @@ def build_report(explanation, out_dir=None, *, data_path=None, title: str | None
     bar.close()
     all_figures = {**fig, **(recovery_written.figures if recovery_written else {}),
                    **(audit_written.figures if audit_written else {})}
-    return {"report": report, "analysis": analysis, "recovery": recovery, "figures": all_figures}
+    return {"report": report, "analysis": analysis, "recovery": recovery, "figures": all_figures,
+            "audit": audit_written.results["audit"] if audit_written else None}
 
 
 def _recovery(explanation: Explanation, data_path) -> Recovery | None:

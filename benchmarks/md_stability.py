@@ -1,4 +1,4 @@
-"""MD stability of the rMD17-ethanol SchNet and PaiNN models, after Fu et al. 2023.
+"""MD stability of the rMD17-ethanol SchNet, PaiNN and NequIP models, after Fu et al. 2023.
 
 Protocol of Fu et al., "Forces are not Enough", TMLR 2023 (arXiv:2210.07237) for MD17:
 NVT with a Nosé–Hoover thermostat at 500 K, time step 0.5 fs, thermostat time 10 fs
@@ -15,12 +15,14 @@ temperature above 5000 K. A diagnostic outside Fu et al.'s protocol records, per
 replica, the non-bonded pair that came closest relative to its minimum in the reference
 (bond criteria miss e.g. two hydrogens collapsing onto each other).
 
-    python benchmarks/md_stability.py [--time 50] [--replicas 4] [--models schnet painn]
+    python benchmarks/md_stability.py [--time 50] [--replicas 4] [--models schnet painn nequip]
 
-Needs the trained models runs/bench_{schnet,painn}_ethanol/model (made by
+Needs the trained models runs/bench_{schnet,painn,nequip}_ethanol/model (made by
 ``python benchmarks/train_rmd17.py --minutes 30``) and rMD17 under $JAXREL_DATA (default
 ../shared/data). Writes benchmarks/results/md_stability_ethanol_<backend>.json and, per
 model, the thermo log (CSV) and each replica's trajectory (extended XYZ) under runs/.
+Models measured earlier under the same protocol stay in the JSON (each model's entry has
+its own machine and date); a different protocol replaces the file, and says so.
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ def main() -> None:
                                               traj.time_ps[traj.stable_frames(r)], reference,
                                               test.species) for r in range(args.replicas)]
         result["models"][model] = {
+            "machine": result["machine"], "command": result["command"],
             "checkpoint": f"runs/bench_{model}_ethanol/model",
             "test_forces_mae_meV_per_A": metrics.get("test", {}).get("forces_mae_meV_per_A"),
             **report,
@@ -175,6 +178,15 @@ def main() -> None:
               f"h(r) MAE={report['hr_mae']} {report['steps_per_second']:.0f} steps/s "
               f"wall {wall:.0f} s")
     path = out / f"md_stability_ethanol_{result['machine']['backend']}.json"
+    if path.is_file():
+        earlier = json.loads(path.read_text())
+        if earlier.get("protocol") == result["protocol"]:
+            kept = {m: {"machine": earlier["machine"], "command": earlier["command"], **entry}
+                    for m, entry in earlier["models"].items() if m not in result["models"]}
+            result["models"] = {**kept, **result["models"]}
+            print(f"kept the earlier results of {', '.join(kept) or 'no model'} from {path}")
+        else:
+            print(f"replacing {path}: its protocol differs from this run's")
     path.write_text(json.dumps(result, indent=2, allow_nan=False, ensure_ascii=False))
     print(f"wrote {path}")
 

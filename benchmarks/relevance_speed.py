@@ -2,10 +2,12 @@
 
 Frame: ../shared/data/cg_methane_frame/bonneau_cg_methane_frame0.npz (Bonneau et al. 2024,
 box 20.77 × 20.41 × 17.97 Å) when present, else a synthetic frame of the same shape
-(125 beads, same box, mean degree ≈ 9 within 5 Å). Model: SchNet, T = 3 interactions,
-128 features, 5 Å cutoff, random weights (speed does not depend on training).
+(125 beads, same box, mean degree ≈ 9 within 5 Å). Models, side by side at one width: SchNet,
+PaiNN and NequIP (lmax 2, the size of the published code's SO3net), T = 3 interactions, 128
+features (per l), 5 Å cutoff, random weights (speed does not depend on training).
 
-Measures, in one run:
+Measures, in one run, for each model:
+* one jitted energy + forces evaluation (the unit of the ratios);
 * full walk enumeration with jaxrel (one masked backward per walk suffix, vmapped);
 * the complete 1-, 2- and 3-body decomposition with jaxrel (packed subset masks);
 * the exact top-100 walks by best-first search (walks scored vs. all walks);
@@ -15,7 +17,7 @@ Measures, in one run:
 * compiled peak temporary memory (XLA memory analysis) of the masked backward for
   different numbers of masks at a fixed chunk size, to show it does not grow with them.
 
-    python benchmarks/relevance_speed.py [--sample 200] [--repeats 3]
+    python benchmarks/relevance_speed.py [--sample 200] [--repeats 3] [--models schnet painn nequip]
 
 Writes benchmarks/results/relevance_speed_<backend>.json.
 """
@@ -66,35 +68,40 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sample", type=int, default=200, help="walks timed with the naive method")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    args = parser.parse_args()
+# Same width and depth for every model: 128 features (per l for NequIP), 3 interactions, 5 Å;
+# NequIP with lmax 2 is the size of the SO3net of the published GNN-LRP code (Bonneau et al. 2024).
+MODELS = {"schnet": {}, "painn": {}, "nequip": {"lmax": 2}}
+# masks per vmapped backward: NequIP's per-edge tensor-product activations are ~50× SchNet's
+CHUNK = {"schnet": 256, "painn": 256, "nequip": 16}
 
-    coords, cell, source = reference_frame()
-    graph = build_graphs(coords, np.ones(len(coords), np.int32), 5.0, cell=cell).frame(0)
-    config = ModelConfig("schnet", (1,), cutoff=5.0, n_features=128, n_interactions=3, n_rbf=20)
+
+def measure(model: str, graph, args) -> dict:
+    """Every timing of one model on the frame (see the module docstring)."""
+    config = ModelConfig(model, (1,), cutoff=5.0, n_features=128, n_interactions=3, n_rbf=20, **MODELS[model])
     potential, params = Potential.create(config, seed=0)
-    n_edges = int(graph.edge_mask.sum())
+    chunk = CHUNK[model]
+
+    energy_and_forces = jax.jit(potential.energy_and_forces)
+    jax.block_until_ready(energy_and_forces(params, graph))
+    ef_seconds = best_of(lambda: jax.block_until_ready(energy_and_forces(params, graph)), max(args.repeats, 10))
 
     start = time.perf_counter()
     walks = enumerate_walks(graph, 3)
     enumerate_seconds = time.perf_counter() - start
-    walk_relevance(potential, params, graph, walks)  # compile
-    walk_seconds = best_of(lambda: walk_relevance(potential, params, graph, walks), args.repeats)
+    walk_relevance(potential, params, graph, walks, chunk_size=chunk)  # compile
+    walk_seconds = best_of(lambda: walk_relevance(potential, params, graph, walks, chunk_size=chunk), args.repeats)
 
     first = time.perf_counter()
-    nb = nbody_decomposition(potential, params, graph, max_order=3)
+    nb = nbody_decomposition(potential, params, graph, max_order=3, chunk_size=chunk)
     first = time.perf_counter() - first
-    nbody_seconds = best_of(lambda: nbody_decomposition(potential, params, graph, max_order=3),
+    nbody_seconds = best_of(lambda: nbody_decomposition(potential, params, graph, max_order=3, chunk_size=chunk),
                             args.repeats)
 
-    top_k_walks(potential, params, graph, 100)  # compile
-    top_seconds = best_of(lambda: top_k_walks(potential, params, graph, 100), args.repeats)
-    top_walks, top_r, top_stats = top_k_walks(potential, params, graph, 100, return_stats=True)
-    full_r = walk_relevance(potential, params, graph, walks)
+    top = dict(k=100, suffixes_per_block=chunk)
+    top_k_walks(potential, params, graph, **top)  # compile
+    top_seconds = best_of(lambda: top_k_walks(potential, params, graph, **top), args.repeats)
+    top_walks, top_r, top_stats = top_k_walks(potential, params, graph, **top, return_stats=True)
+    full_r = walk_relevance(potential, params, graph, walks, chunk_size=chunk)
     kth = np.sort(np.abs(full_r))[-100]
     top_exact = bool(np.all(np.abs(top_r) >= kth * (1 - 1e-5)))
 
@@ -124,30 +131,31 @@ def main() -> None:
     naive = [float(one_walk(jnp.asarray(w))) for w in sample]
     naive_seconds = time.perf_counter() - start
     naive_rate = args.sample / naive_seconds
-    fast = walk_relevance(potential, params, graph, sample)
+    fast = walk_relevance(potential, params, graph, sample, chunk_size=chunk)
     agreement = float(np.max(np.abs(np.array(naive) - fast)) / np.max(np.abs(fast)))
 
     memory = {}
     for n_masks in (1024, 4096, 16384):
         sets = np.zeros((n_masks, 4, 1), np.int32)
         compiled = masked_relevance.lower(potential, params, graph, jnp.asarray(sets), RULES["gi"],
-                                          all_start=True, chunk_size=256).compile()
+                                          all_start=True, chunk_size=chunk).compile()
         analysis = compiled.memory_analysis()
         memory[str(n_masks)] = {
             "temp_bytes": int(analysis.temp_size_in_bytes),
             "output_bytes": int(analysis.output_size_in_bytes)} if analysis is not None else None
 
     naive_full = len(walks) / naive_rate
-    result = {
-        "benchmark": "relevance_speed", "command": "python benchmarks/relevance_speed.py",
-        "machine": machine(), "frame": source, "n_atoms": int(graph.node_mask.sum()),
-        "n_directed_edges": n_edges, "mean_degree": n_edges / int(graph.node_mask.sum()),
-        "model": config.to_dict(), "rules": "gi",
+    all_walks_seconds = walk_seconds + enumerate_seconds
+    return {
+        "model": config.to_dict(), "rules": "gi", "chunk_size": chunk,
+        "n_parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+        "energy_and_forces_seconds": ef_seconds,
         "n_walks": int(len(walks)),
-        "walk_enumeration": {"seconds": walk_seconds + enumerate_seconds,
-                             "walks_per_second": len(walks) / (walk_seconds + enumerate_seconds)},
+        "walk_enumeration": {"seconds": all_walks_seconds, "walks_per_second": len(walks) / all_walks_seconds,
+                             "ratio_to_energy_and_forces": all_walks_seconds / ef_seconds},
         "nbody_decomposition": {
             "max_order": 3, "seconds": nbody_seconds, "seconds_first_call_with_compile": first,
+            "ratio_to_energy_and_forces": nbody_seconds / ef_seconds,
             "n_terms": {str(k): int(len(t.atoms)) for k, t in nb.orders.items()},
             "conservation": {"energy_eV": nb.energy, "total_relevance_eV": nb.total,
                              "residual_order_4_eV": nb.residual}},
@@ -157,18 +165,40 @@ def main() -> None:
             "measured_walks": args.sample, "seconds_measured": naive_seconds,
             "walks_per_second": naive_rate, "extrapolated_seconds_all_walks": naive_full,
             "extrapolated": True, "max_relative_difference_to_jaxrel": agreement},
-        "speedup": {"walks_vs_naive": (len(walks) / (walk_seconds + enumerate_seconds)) / naive_rate,
+        "speedup": {"walks_vs_naive": (len(walks) / all_walks_seconds) / naive_rate,
                     "nbody_vs_naive_full_enumeration": naive_full / nbody_seconds},
-        "published_reference": PUBLISHED,
-        "peak_temporary_memory_by_mask_count_chunk_256": memory,
+        "peak_temporary_memory_by_mask_count": memory,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sample", type=int, default=200, help="walks timed with the naive method")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+
+    coords, cell, source = reference_frame()
+    graph = build_graphs(coords, np.ones(len(coords), np.int32), 5.0, cell=cell).frame(0)
+    n_edges = int(graph.edge_mask.sum())
+    models = {}
+    for model in args.models:
+        models[model] = measure(model, graph, args)
+        print(model, json.dumps({k: models[model][k] for k in (
+            "energy_and_forces_seconds", "walk_enumeration", "nbody_decomposition", "top_k_walks",
+            "naive_one_pass_per_walk")}, indent=1))
+    result = {
+        "benchmark": "relevance_speed",
+        "command": "python benchmarks/relevance_speed.py --models " + " ".join(args.models),
+        "machine": machine(), "frame": source, "n_atoms": int(graph.node_mask.sum()),
+        "n_directed_edges": n_edges, "mean_degree": n_edges / int(graph.node_mask.sum()),
+        "published_reference": PUBLISHED, "models": models,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"relevance_speed_{jax.default_backend()}.json"
     path.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("n_walks", "walk_enumeration", "nbody_decomposition",
-                                             "top_k_walks", "naive_one_pass_per_walk", "speedup")},
-                     indent=2))
     print(f"wrote {path}")
 
 

@@ -1,9 +1,9 @@
-"""Train SchNet and PaiNN on rMD17 ethanol (950 train / 50 validation), test on the test file.
+"""Train SchNet, PaiNN and NequIP on rMD17 ethanol (950 train / 50 validation), test on the test file.
 
 Records force/energy MAE on rmd17_ethanol_test_01 and training throughput (frames/s) as
 JSON in benchmarks/results/, with machine, device and date.
 
-    python benchmarks/train_rmd17.py [--minutes 30] [--models schnet painn] [--molecule ethanol]
+    python benchmarks/train_rmd17.py [--minutes 30] [--models schnet painn nequip] [--molecule ethanol]
 
 Data: $JAXREL_DATA or ../shared/data (rmd17/ inside it).
 """
@@ -48,7 +48,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"schnet": ["--features", "64", "--interactions", "3", "--lr", "1e-3"],
-                "painn": ["--features", "64", "--interactions", "3", "--lr", "1e-3"]}
+                "painn": ["--features", "64", "--interactions", "3", "--lr", "1e-3"],
+                "nequip": ["--features", "32,16,8", "--lmax", "2", "--interactions", "3", "--lr", "1e-3"]}
     for model in args.models:
         run_dir = ROOT / "runs" / f"bench_{model}_{args.molecule}"
         argv = ["train", "--data", str(data / f"rmd17_{args.molecule}_train_01.npz"),

@@ -23,11 +23,19 @@ def _train(args) -> dict:
 
     return train_potential(args.data, args.out, test_data=args.test_data, model=args.model, cutoff=args.cutoff,
                            n_features=args.features, n_interactions=args.interactions, n_rbf=args.rbf,
-                           dtype=args.dtype, epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
+                           dtype=args.dtype, lmax=args.lmax, epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
                            learning_rate=args.lr, energy_weight=args.energy_weight,
                            forces_weight=args.forces_weight, species_energies=args.species_energies,
                            n_train=args.train, n_validation=args.validation, seed=args.seed, seeds=args.seeds,
                            progress=not args.quiet)
+
+
+def _multiplicities(text: str) -> tuple[int, ...]:
+    """'64' or '32,16,8' → (64,) or (32, 16, 8); argparse turns the ValueError into a usage error."""
+    values = tuple(int(v) for v in text.split(","))
+    if min(values) < 1:
+        raise ValueError(text)
+    return values
 
 
 def _evaluate(args) -> dict:
@@ -133,12 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jaxrel", description="Explain machine-learned interatomic potentials (units: Å, eV, eV/Å, K, fs).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train SchNet, PaiNN or the body-ordered model on energies and/or forces")
+    p = sub.add_parser("train", help="train SchNet, PaiNN, NequIP or the body-ordered model on energies "
+                                     "and/or forces")
     p.add_argument("--data", required=True, help="rMD17/water/CG npz, jaxrel noble-gas npz, or any file ase reads")
     p.add_argument("--test-data", help="separate test file (else a test split of --data)")
     p.add_argument("--model", choices=list(ARCHITECTURES), default="schnet")
     p.add_argument("--cutoff", type=float, default=5.0, help="neighbour cutoff, Å (default 5)")
-    p.add_argument("--features", type=int, default=64, help="feature width (default 64)")
+    p.add_argument("--features", type=_multiplicities, default=(64,),
+                   help="feature width (default 64); for nequip one multiplicity per l, e.g. 32,16,8 "
+                        "(one value: the same for every l)")
+    p.add_argument("--lmax", type=int, help="nequip only: largest rotation order l of features and "
+                                            "spherical harmonics (default 1, or from --features)")
     p.add_argument("--interactions", type=int, default=3, help="message-passing layers (default 3; the "
                                                                "body-ordered model has none and ignores it)")
     p.add_argument("--rbf", type=int, default=20, help="radial basis functions (default 20)")

@@ -312,8 +312,9 @@ def labelled_graphs(frames, cutoff: float, dtype: str = "float32",
 
 
 def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff: float = 5.0,
-                    n_features: int = 64, n_interactions: int = 3, n_rbf: int = 20, dtype: str = "float32",
-                    epochs: int | None = None, minutes: float | None = None, batch_size: int = 8,
+                    n_features: int | tuple[int, ...] = 64, n_interactions: int = 3, n_rbf: int = 20,
+                    dtype: str = "float32", lmax: int | None = None, epochs: int | None = None,
+                    minutes: float | None = None, batch_size: int = 8,
                     learning_rate: float = 1e-3, energy_weight: float = 0.05, forces_weight: float = 0.95,
                     species_energies: str = "fit", n_train: int | None = None, n_validation: int | None = None,
                     seed: int = 0, seeds: int = 1, progress: bool = True) -> dict:
@@ -329,7 +330,9 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
     Args:
         data: a file :func:`jaxrel.data.read_frames` reads; test_data: an optional separate one.
         out: output folder (created).
-        model, cutoff (Å), n_features, n_interactions, n_rbf, dtype: :class:`ModelConfig`.
+        model, cutoff (Å), n_interactions, n_rbf, dtype, lmax: :class:`ModelConfig`.
+        n_features: the feature width, or for NequIP the multiplicities (F_0, …, F_L) per l
+            (one value: F_0 for every l up to ``lmax``).
         epochs or minutes, batch_size, learning_rate, energy_weight, forces_weight, seed:
             :class:`TrainConfig`.
         species_energies: ``"fit"`` or ``"zero"``.
@@ -379,8 +382,10 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
         residual = train_frames.energies - sum(shifts.get(int(z), 0.0) for z in frames.species)
         scale = float(np.std(residual) / np.sqrt(len(frames.species)))
     species = sorted(set(frames.species.tolist()) | set(test_frames.species.tolist()))
-    config = ModelConfig(model, tuple(species), cutoff=cutoff, n_features=n_features,
-                         n_interactions=n_interactions, n_rbf=n_rbf, dtype=dtype)
+    features = (int(n_features),) if np.ndim(n_features) == 0 else tuple(int(f) for f in n_features)
+    config = ModelConfig(model, tuple(species), cutoff=cutoff, n_features=features[0],
+                         n_interactions=n_interactions, n_rbf=n_rbf, dtype=dtype, lmax=lmax,
+                         features_per_l=features if len(features) > 1 else None)
     members = list(range(seed, seed + seeds))
     created = [Potential.create(config, shifts, max(scale, 1e-3), seed=s) for s in members]
     potential = created[0][0]
@@ -394,7 +399,8 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
     bests, histories = train(potential, [p for _, p in created], graphs["train"], graphs["validation"],
                              train_config, checkpoint_dir=folders, progress=progress)
     settings = {"data": str(data), "test_data": None if test_data is None else str(test_data), "model": model,
-                "cutoff": cutoff, "features": n_features, "interactions": n_interactions, "rbf": n_rbf,
+                "cutoff": cutoff, "features": list(features), "lmax": lmax, "interactions": n_interactions,
+                "rbf": n_rbf,
                 "dtype": dtype, "epochs": epochs, "minutes": minutes, "batch_size": batch_size,
                 "lr": learning_rate, "energy_weight": energy_weight, "forces_weight": forces_weight,
                 "species_energies": species_energies, "train": n_train, "validation": n_validation,

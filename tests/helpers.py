@@ -189,3 +189,35 @@ def assert_conserves(potential, params, graph: Graph, *, eps: float = 1e-5, rtol
             fd = -(float(plus) - float(minus)) / (2 * eps)
             _close(f"frame {k}: force on atom {atom} along axis {axis} is not −∂E/∂x "
                    "(central finite difference)", f[atom, axis], fd, rtol, atol)
+
+
+def assert_relevance_invariant(potential, params, graph: Graph, rules="gi", *, rtol: float = 1e-9,
+                               atol: float = 1e-12, seed: int = 0) -> None:
+    """Every walk's relevance (Schnake et al. 2022, arXiv:2006.03589) is invariant under a
+    rotation + translation of the frame and follows its atoms under a permutation.
+
+    ``atol`` is relative to the largest |R_W| of the frame. For one unbatched frame; ``rules``
+    a rule set or its name.
+
+    Raises:
+        AssertionError: naming the transformation that changed the relevances.
+    """
+    from jaxrel.relevance import enumerate_walks, walk_relevance
+
+    rng = np.random.default_rng(seed)
+    walks = enumerate_walks(graph, potential.config.n_interactions)
+    relevance = np.asarray(walk_relevance(potential, params, graph, walks, rules))
+    atol = atol * max(float(np.abs(relevance).max()), 1e-30)
+    rot, dtype = random_rotation(seed), graph.positions.dtype
+    moved = graph._replace(positions=(graph.positions @ rot.T + rng.normal(scale=2.0, size=3)).astype(dtype),
+                           cell=None if graph.cell is None else (graph.cell @ rot.T).astype(dtype))
+    _close("walk relevances changed under a rotation + translation",
+           walk_relevance(potential, params, moved, walks, rules), relevance, rtol, atol)
+    real = np.flatnonzero(np.asarray(graph.node_mask))
+    perm = np.arange(graph.n_atoms)
+    perm[real] = real[np.roll(rng.permutation(len(real)), 1)]
+    inverse = np.argsort(perm)
+    shuffled = permute_atoms(graph, perm)
+    _close("walk relevances do not follow a permutation of the atoms",
+           walk_relevance(potential, params, shuffled, inverse[np.asarray(walks)], rules),
+           relevance, rtol, atol)

@@ -79,7 +79,7 @@ def cluster_frame():
     return build_graphs(x, np.array([8, 1, 1, 8]), 3.0)
 
 
-@pytest.mark.parametrize("model", ["schnet", "painn"])
+@pytest.mark.parametrize("model", ["schnet", "painn", "nequip"])
 def test_mbe_to_the_full_order_sums_to_the_energy_and_splits_the_forces_exactly(cluster_frame, model):
     potential, params = small_potential("float64", model=model)
     e = many_body_expansion(potential, params, cluster_frame, max_order=4, forces=True)

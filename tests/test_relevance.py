@@ -21,7 +21,7 @@ from jaxrel.models import ModelConfig, Potential
 from jaxrel.nn import RuleSet
 from jaxrel.relevance import enumerate_walks, nbody_decomposition, subset_relevance, top_k_walks, walk_relevance
 
-MODELS = ["schnet", "painn"]
+MODELS = ["schnet", "painn", "nequip"]
 DEPTHS = [2, 3]
 SPECIES = np.array([6, 8, 1, 1, 6, 1, 1])
 CUTOFF = 2.2

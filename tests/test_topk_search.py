@@ -31,7 +31,7 @@ def frame():
     return build_graphs(np.array(pos), SPECIES, CUTOFF).frame(0)
 
 
-@pytest.fixture(scope="module", params=[(m, t) for m in ["schnet", "painn"] for t in [2, 3]],
+@pytest.fixture(scope="module", params=[(m, t) for m in ["schnet", "painn", "nequip"] for t in [2, 3]],
                 ids=lambda p: f"{p[0]}-T{p[1]}")
 def case(request):
     model, T = request.param
@@ -75,7 +75,7 @@ def test_search_scores_fewer_walks_than_enumeration():
     assert any(s["walks_scored"] < s["walks_total"] for s in STATS.values()), STATS
 
 
-@pytest.mark.parametrize("model", ["schnet", "painn"])
+@pytest.mark.parametrize("model", ["schnet", "painn", "nequip"])
 def test_bound_is_admissible_for_every_partial_suffix(model):
     T = 3
     config = ModelConfig(model, (1, 6, 8), cutoff=CUTOFF, n_features=8, n_interactions=T,

@@ -9,7 +9,7 @@ Energies are atomwise: E = Σ_i E_i with E_i = scale · y_i + e_{Z_i}, where y_i
 network's per-atom output and e_Z are per-species energy shifts fitted by least squares
 (Schütt et al., arXiv:1806.10349). Units: Å, eV, eV/Å.
 
-Architectures: the message-passing SchNet and PaiNN, whose forward pass splits into layers
+Architectures: the message-passing SchNet, PaiNN and NequIP (e3nn-jax), whose forward pass splits into layers
 for the GNN-LRP relevance engine (:meth:`Potential.embedding`, :meth:`Potential.layer_functions`),
 and the explicitly body-ordered model (:mod:`jaxrel.models.bodyordered`), which has no
 layers and gives its atomwise output directly.
@@ -28,15 +28,17 @@ from flax import nnx
 
 from jaxrel.graph import Graph, check_positions
 from jaxrel.models.bodyordered import BodyOrdered
+from jaxrel.models.nequip import NequIP
 from jaxrel.models.painn import PaiNN
 from jaxrel.models.schnet import SchNet
 from jaxrel.nn import RuleSet, resolve_rules
 
-ARCHITECTURES = {"schnet": SchNet, "painn": PaiNN, "bodyordered": BodyOrdered}
+ARCHITECTURES = {"schnet": SchNet, "painn": PaiNN, "nequip": NequIP, "bodyordered": BodyOrdered}
+EQUIVARIANT = ("nequip",)  # architectures with irreps features (``lmax``, ``features_per_l``)
 
 
 def has_layers(net) -> bool:
-    """True for message-passing nets (SchNet, PaiNN; a class or an instance), whose forward pass
+    """True for message-passing nets (SchNet, PaiNN, NequIP; a class or an instance), whose forward pass
     splits into layers; False for the body-ordered model."""
     return hasattr(net, "layer_functions")
 
@@ -49,7 +51,7 @@ class ModelConfig:
     """Hyperparameters of a potential (stored in every checkpoint).
 
     Attributes:
-        model: ``"schnet"``, ``"painn"`` or ``"bodyordered"``.
+        model: ``"schnet"``, ``"painn"``, ``"nequip"`` or ``"bodyordered"``.
         species: atomic numbers (or CG bead ids ≥ 1) the model knows, sorted.
         cutoff: neighbour cutoff r_c, Å.
         n_features: feature width F.
@@ -57,6 +59,10 @@ class ModelConfig:
             has none; it accepts any value and stores 1.
         n_rbf: number of radial basis functions.
         dtype: ``"float32"`` or ``"float64"`` parameters.
+        lmax: NequIP only: the largest rotation order L of features and spherical harmonics
+            (default 1); None for the other models.
+        features_per_l: NequIP only: channel multiplicities (F_0, …, F_L), F_0 = n_features
+            (default F_0 for every l); None for the other models.
     """
 
     model: str
@@ -66,6 +72,8 @@ class ModelConfig:
     n_interactions: int = 3
     n_rbf: int = 20
     dtype: str = "float32"
+    lmax: int | None = None
+    features_per_l: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.model not in ARCHITECTURES:
@@ -75,17 +83,42 @@ class ModelConfig:
         object.__setattr__(self, "species", tuple(sorted(int(z) for z in self.species)))
         if self.model == "bodyordered" and self.n_interactions >= 1:
             object.__setattr__(self, "n_interactions", 1)
+        self._check_irreps()
         if self.cutoff <= 0 or self.n_features < 2 or self.n_interactions < 1 or self.n_rbf < 2:
             raise ValueError(f"invalid hyperparameters {self}: need cutoff > 0 Å, n_features ≥ 2, "
                              "n_interactions ≥ 1, n_rbf ≥ 2")
 
+    def _check_irreps(self) -> None:
+        if self.model not in EQUIVARIANT:
+            if self.lmax is not None or self.features_per_l is not None:
+                raise ValueError(f"lmax and features_per_l (--lmax, several --features values) apply only to "
+                                 f"{', '.join(EQUIVARIANT)}, not to {self.model}: leave them unset")
+            return
+        default_lmax = 1 if self.features_per_l is None else len(self.features_per_l) - 1
+        lmax = default_lmax if self.lmax is None else int(self.lmax)
+        features = tuple(int(f) for f in (self.features_per_l or (self.n_features,) * (lmax + 1)))
+        if lmax < 0 or len(features) != lmax + 1 or min(features) < 1 or features[0] != self.n_features:
+            raise ValueError(f"features_per_l {features} must give one multiplicity ≥ 1 per l = 0..lmax "
+                             f"(lmax {lmax}) with F_0 = n_features = {self.n_features}")
+        object.__setattr__(self, "lmax", lmax)
+        object.__setattr__(self, "features_per_l", features)
+
+    def architecture_options(self) -> dict:
+        """Keyword arguments of the architecture beyond the common ones (NequIP: lmax, features_per_l)."""
+        return {"lmax": self.lmax, "features_per_l": self.features_per_l} if self.model in EQUIVARIANT else {}
+
     def to_dict(self) -> dict:
         """The config as JSON types (species a list), as stored in checkpoints and explanations."""
-        return {**dataclasses.asdict(self), "species": list(self.species)}
+        d = {**dataclasses.asdict(self), "species": list(self.species)}
+        if self.features_per_l is not None:
+            d["features_per_l"] = list(self.features_per_l)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        return cls(**{**d, "species": tuple(d["species"])})
+        features = d.get("features_per_l")
+        return cls(**{**d, "species": tuple(d["species"]),
+                      "features_per_l": None if features is None else tuple(features)})
 
 
 class SpeciesShift(nnx.Variable):
@@ -105,7 +138,7 @@ def species_lookup(species_list: tuple[int, ...], species: jax.Array) -> jax.Arr
 class EnergyModel(nnx.Module):
     """The network plus fixed per-species shifts and energy scale.
 
-    A message-passing net (SchNet, PaiNN) provides ``embed`` and ``layer_functions``; a net
+    A message-passing net (SchNet, PaiNN, NequIP) provides ``embed`` and ``layer_functions``; a net
     without layers (the body-ordered model) provides ``atomwise_output(graph,
     species_index)`` instead, and the layer methods raise ``ValueError``.
     """
@@ -116,7 +149,7 @@ class EnergyModel(nnx.Module):
         self.species = config.species
         self.net = ARCHITECTURES[config.model](
             len(config.species), config.cutoff, config.n_features, config.n_interactions,
-            config.n_rbf, rngs=rngs, param_dtype=dtype)
+            config.n_rbf, **config.architecture_options(), rngs=rngs, param_dtype=dtype)
         shifts = [float((species_energies or {}).get(z, 0.0)) for z in config.species]
         self.shifts = SpeciesShift(jnp.asarray(shifts, dtype))
         self.scale = SpeciesShift(jnp.asarray(energy_scale, dtype))
@@ -168,7 +201,7 @@ def _per_frame(fn):
 
 @dataclass(frozen=True)
 class Potential:
-    """Pure-function interface of a SchNet, PaiNN or body-ordered potential.
+    """Pure-function interface of a SchNet, PaiNN, NequIP or body-ordered potential.
 
     Every method takes ``params`` (the ``nnx.State`` from :meth:`create` or
     :func:`jaxrel.checkpoint.load_checkpoint`) and a :class:`~jaxrel.graph.Graph`; a graph
@@ -200,7 +233,7 @@ class Potential:
 
     @property
     def has_layers(self) -> bool:
-        """True when the forward pass splits into message-passing layers (SchNet, PaiNN), as the
+        """True when the forward pass splits into message-passing layers (SchNet, PaiNN, NequIP), as the
         GNN-LRP relevance engine needs; False for the body-ordered model."""
         return has_layers(ARCHITECTURES[self.config.model])
 
@@ -235,7 +268,7 @@ class Potential:
 
         Returns:
             ``(layers, energy_readout)``: ``layers[t - 1]`` maps h⁽ᵗ⁻¹⁾ to h⁽ᵗ⁾ (h⁽⁰⁾ from
-            :meth:`embedding`; later states are arrays (SchNet) or (s, v) tuples (PaiNN)
+            :meth:`embedding`; later states are arrays (SchNet; NequIP in e3nn-jax layout) or (s, v) tuples (PaiNN)
             with atoms on axis 0), and ``energy_readout`` maps h⁽ᵀ⁾ to atomwise energies
             (n_atoms,) eV. Composing them equals :meth:`atomwise_energy_from_embedding`.
         Raises:

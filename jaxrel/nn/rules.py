@@ -29,6 +29,21 @@ Rules implemented here:
 
 Layers acting on equivariant vector channels (PaiNN's U, V) keep LRP-0 under every
 rule: a sign-based rule on Cartesian components would not be rotation invariant.
+
+Policy for equivariant tensor-product models (NequIP, :mod:`jaxrel.models.nequip`; the
+published GNN-LRP code instead detaches every l > 0 channel of SO3net):
+
+* Spherical harmonics Y(r̂_ij), radial weights w(r_ij) and cutoffs depend only on the
+  geometry and act as edge weights, so each tensor product x_j ⊗ Y(r̂_ij) weighted by
+  w(r_ij) is linear in the node features x_j: no rule is needed, and relevance flows
+  through every l, including l > 0.
+* Gate nonlinearities σ(g) · v freeze the gate (:meth:`RuleSet.product`); the scalars'
+  activations are frozen gates (:meth:`RuleSet.activation`).
+* Norms of irreps use v · sg(v/‖v‖) (:meth:`RuleSet.norm`).
+* LRP-ε and LRP-γ act only on scalar (0e → 0e) blocks (:meth:`RuleSet.linear`); blocks with
+  l > 0 keep LRP-0, so relevance stays rotation invariant.
+
+Under every rule the forward value is unchanged (tested for every model and rule).
 """
 
 from __future__ import annotations
@@ -77,26 +92,30 @@ class RuleSet:
 
     def dense(self, layer, x: jax.Array) -> jax.Array:
         """An ``nnx.Linear`` applied to x, with the rule's relevance redistribution."""
-        z = layer(x)
+        return self.linear(x, layer.kernel[...], None if layer.bias is None else layer.bias[...])
+
+    def linear(self, x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+        """z = x W + b, (…, d_in) @ (d_in, d_out), with the rule's relevance redistribution.
+
+        The forward value is x W + b under every rule; only the gradient changes.
+        """
+        z = x @ kernel if bias is None else x @ kernel + bias
         if self.name in ("identity", "gi"):
             return z
-        kernel = layer.kernel[...]
-        bias = 0.0 if layer.bias is None else layer.bias[...]
         if self.name == "lrp-eps":
             denominator = z + self.epsilon * jnp.where(z >= 0, 1.0, -1.0)
             share = z / denominator
-        else:
-            gamma = self.gamma[-1] if isinstance(self.gamma, tuple) else self.gamma
-            xp, xn = jnp.maximum(x, 0), jnp.minimum(x, 0)
-            wp, wn = jnp.maximum(kernel, 0), jnp.minimum(kernel, 0)
-            positive = xp @ wp + xn @ wn   # contributions z_jk > 0
-            negative = xp @ wn + xn @ wp   # contributions z_jk < 0
-            p = x @ kernel + bias + gamma * jnp.where(z >= 0, positive, negative)
-            safe_p = jnp.where(p == 0, 1.0, p)
-            share = jnp.where(p == 0, 0.0, z / safe_p)
-            # d/dx of p · sg(z/p) = (W + γ W^±) z/p: relevance in proportion to z_jk + γ z_jk^±.
-            return p * sg(share) + sg(z - p * share)
-        return z * sg(share) + sg(z - z * share)
+            return z * sg(share) + sg(z - z * share)
+        gamma = self.gamma[-1] if isinstance(self.gamma, tuple) else self.gamma
+        xp, xn = jnp.maximum(x, 0), jnp.minimum(x, 0)
+        wp, wn = jnp.maximum(kernel, 0), jnp.minimum(kernel, 0)
+        positive = xp @ wp + xn @ wn   # contributions z_jk > 0
+        negative = xp @ wn + xn @ wp   # contributions z_jk < 0
+        p = z + gamma * jnp.where(z >= 0, positive, negative)
+        safe_p = jnp.where(p == 0, 1.0, p)
+        share = jnp.where(p == 0, 0.0, z / safe_p)
+        # d/dx of p · sg(z/p) = (W + γ W^±) z/p: relevance in proportion to z_jk + γ z_jk^±.
+        return p * sg(share) + sg(z - p * share)
 
     def activation(self, fn: Callable[[jax.Array], jax.Array], z: jax.Array) -> jax.Array:
         """σ(z), or under ``gi`` the frozen gate z · sg(σ(z)/z) (σ'(0) where z = 0)."""

@@ -235,6 +235,7 @@ def top_k_walks(potential, params, graph: Graph, k: int, rules: RuleSet | str = 
 
 
 _MAX_BATCH = 256
+_JVP_BATCH = 32  # Jacobian columns per vmapped JVP in the top-k bounds
 
 
 def _size_class(n: int, cap: int) -> int:
@@ -373,7 +374,9 @@ def _layer_block_norms(potential, params, graph: Graph, rules: RuleSet, level: i
         return jax.tree.unflatten(treedef, parts)
 
     def one(mask):
-        cols = jax.vmap(lambda f: _jnp_rows(lin(tangent(mask, f)), jnp.arange(n)))(jnp.arange(d_in))
+        # columns in batches: one JVP over the whole graph per input feature (bounds memory)
+        cols = jax.lax.map(lambda f: _jnp_rows(lin(tangent(mask, f)), jnp.arange(n)), jnp.arange(d_in),
+                           batch_size=_JVP_BATCH)
         blocks = jnp.transpose(cols, (1, 2, 0))  # (N, D_out, D_in)
         return jnp.linalg.svd(blocks, compute_uv=False)[:, 0]
 

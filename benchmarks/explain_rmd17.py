@@ -1,11 +1,12 @@
 """Explain the rMD17 models of benchmarks/train_rmd17.py and build their reports.
 
-For each model (SchNet, PaiNN) and rule (GI, LRP-γ) runs :func:`jaxrel.explain` on every
+For each model (SchNet, PaiNN, NequIP) and rule (GI, LRP-γ) runs :func:`jaxrel.explain` on every
 10th frame of the test file (100 frames, up to 3-body terms) and builds its report, and
 records the body-order shares, the interaction strength and decay length per element
 pair, the strongest pair terms at bonded distance, and the time per frame in
 benchmarks/results/explain_rmd17_<molecule>_<backend>.json. The pair-curve and decay
-figures are copied to benchmarks/results/explain_rmd17/.
+figures are copied to benchmarks/results/explain_rmd17/. Runs of other models measured earlier on
+the same data and frames stay in the JSON.
 
     python benchmarks/explain_rmd17.py [--molecule ethanol] [--frames 0:1000:10]
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_rmd17 import machine  # noqa: E402
+from train_rmd17 import keep_earlier, machine  # noqa: E402
 
 from jaxrel import explain  # noqa: E402
 from jaxrel.analysis import build_report  # noqa: E402
@@ -53,7 +54,8 @@ def main() -> None:
     n_atoms = len(frames.species)
     bond_codes = bonds[:, 0] * n_atoms + bonds[:, 1]
     result = {"machine": machine(), "data": str(data), "frames": args.frames,
-              "command": f"python benchmarks/explain_rmd17.py --molecule {args.molecule}", "runs": {}}
+              "command": f"python benchmarks/explain_rmd17.py --molecule {args.molecule} --models "
+              + " ".join(args.models), "runs": {}}
     for model in args.models:
         model_dir = ROOT / "runs" / f"bench_{model}_{args.molecule}" / "model"
         if not model_dir.is_dir():
@@ -72,6 +74,7 @@ def main() -> None:
             magnitude = np.abs(table.relevance)
             shares = analysis["body_order_shares"]
             result["runs"][f"{model}/{rule}"] = {
+                "machine": result["machine"],
                 "abs_share": {k: v.pooled for k, v in shares.abs_share.items()},
                 "energy_share": {k: v.pooled for k, v in shares.energy_share.items()},
                 "mean_abs_R2_bonded_eV": float(magnitude[bonded].mean()),
@@ -86,6 +89,7 @@ def main() -> None:
                 shutil.copy(out / "figures" / f"{name}.png", figures / f"{args.molecule}_{model}_{rule}_{name}.png")
             print(json.dumps({f"{model}/{rule}": result["runs"][f"{model}/{rule}"]["abs_share"]}), flush=True)
     path = ROOT / "benchmarks" / "results" / f"explain_rmd17_{args.molecule}_{result['machine']['backend']}.json"
+    result = keep_earlier(path, result, "runs", ("data", "frames"))
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
 

@@ -42,7 +42,7 @@ from jaxrel.stability import bonds_from_reference, stability_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from train_rmd17 import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from train_rmd17 import keep_earlier, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def data_dir() -> Path:
@@ -178,15 +178,7 @@ def main() -> None:
               f"h(r) MAE={report['hr_mae']} {report['steps_per_second']:.0f} steps/s "
               f"wall {wall:.0f} s")
     path = out / f"md_stability_ethanol_{result['machine']['backend']}.json"
-    if path.is_file():
-        earlier = json.loads(path.read_text())
-        if earlier.get("protocol") == result["protocol"]:
-            kept = {m: {"machine": earlier["machine"], "command": earlier["command"], **entry}
-                    for m, entry in earlier["models"].items() if m not in result["models"]}
-            result["models"] = {**kept, **result["models"]}
-            print(f"kept the earlier results of {', '.join(kept) or 'no model'} from {path}")
-        else:
-            print(f"replacing {path}: its protocol differs from this run's")
+    result = keep_earlier(path, result, "models", ("protocol",))
     path.write_text(json.dumps(result, indent=2, allow_nan=False, ensure_ascii=False))
     print(f"wrote {path}")
 

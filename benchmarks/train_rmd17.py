@@ -35,6 +35,23 @@ def machine() -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
+def keep_earlier(path: Path, result: dict, key: str, match: tuple[str, ...]) -> dict:
+    """``result`` plus the entries under ``key`` of the earlier results file at ``path`` that this
+    run did not redo, when the earlier file agrees with ``result`` on every field in ``match``
+    (else the file is replaced, and a line says so). Kept entries carry their run's machine and command.
+    """
+    if not path.is_file():
+        return result
+    earlier = json.loads(path.read_text())
+    if any(earlier.get(field) != result.get(field) for field in match):
+        print(f"replacing {path}: its {', '.join(match)} differ from this run's")
+        return result
+    kept = {name: {"machine": earlier["machine"], "command": earlier["command"], **entry}
+            for name, entry in earlier[key].items() if name not in result[key]}
+    print(f"kept the earlier results of {', '.join(kept) or 'nothing'} from {path}")
+    return {**result, key: {**kept, **result[key]}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)

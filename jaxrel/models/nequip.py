@@ -6,7 +6,8 @@ spherical harmonics: an O(3)-equivariant model without pseudo-tensors). h⁽⁰�
 scalars. Interaction t (residual through a self-connection):
 
     x = Linear_up(h)                                        (per-l channel mixing)
-    m_ij = w(r_ij) ⊙ [x_j ⊗ Y(r̂_ij)]                      (e3nn tensor product, filtered to l ≤ L)
+    m_ij = w(r_ij) ⊙ [x_j ⊗ Y(r̂_ij)]                      (e3nn tensor product, Y up to l = L,
+                                                             kept: the irreps the layer outputs)
     a_i = Σ_j m_ij / √10                                    (10: a typical neighbour count)
     h' = SelfConnection(h) + Gate(Linear_down(a_i))
 
@@ -14,6 +15,10 @@ w(r) = MLP(Bessel basis sin(nπr/r_c)/r) · f_cut(r), one weight per tensor-prod
 channel; the gate (Weiler et al. 2018, arXiv:1807.02547) is SiLU on the scalars and
 sigmoid(g) · v for each l > 0 channel. The last interaction keeps only the scalars, which
 the readout maps to E_i = scale · MLP(h_i) + e_{Z_i}.
+
+Differences from NequIP as published: one parity per l; a plain (not species-dependent)
+linear self-connection; messages divided by √10 rather than the data's mean neighbour
+count; a cosine cutoff instead of the polynomial envelope.
 
 Relevance policy (see :mod:`jaxrel.nn.rules`):
 

@@ -31,7 +31,7 @@ def molecule(seed=0):
     return np.random.default_rng(seed).uniform(0, 3.0, size=(len(SPECIES), 3))
 
 
-def make(lmax=2, features=(8, 6, 4), n_interactions=2, seed=1):
+def make(lmax=1, features=(8, 4), n_interactions=2, seed=1):
     config = ModelConfig("nequip", (1, 6, 8), cutoff=CUTOFF, n_features=features[0], n_interactions=n_interactions,
                          n_rbf=6, dtype="float64", lmax=lmax, features_per_l=features)
     return Potential.create(config, {1: -0.5, 6: -37.8, 8: -75.0}, energy_scale=0.3, seed=seed)
@@ -44,7 +44,7 @@ def inner_features(pot, params, positions):
 
 
 def test_inner_irreps_features_rotate_with_wigner_d_matrices():
-    pot, params = make()
+    pot, params = make(lmax=2, features=(8, 6, 4))
     irreps = node_irreps(pot.config.features_per_l)
     pos, rot = molecule(), random_rotation(7)
     h = inner_features(pot, params, pos)
@@ -87,7 +87,7 @@ def test_l_above_zero_channels_carry_relevance():
     full = walk_relevance(pot, params, g, walks)
     scalar_only = jax.tree.map(lambda x: x, params)
     for weights in (scalar_only["net"]["interactions"][0]["down"]["weights"],):
-        for k in list(weights.keys())[1:]:  # l = 1, 2 blocks of the first layer's output
+        for k in list(weights.keys())[1:]:  # the l = 1 block of the first layer's output
             weights[k].value = jnp.zeros_like(weights[k].value)
     cut = walk_relevance(pot, scalar_only, g, walks)
     assert np.abs(full - cut).max() > 1e-3 * np.abs(full).max()
@@ -157,7 +157,7 @@ def test_train_evaluate_explain_and_md_commands_work_with_nequip(tmp_path, capsy
     assert (loaded.config.model, loaded.config.lmax, loaded.config.features_per_l) == ("nequip", 1, (8, 4))
     capsys.readouterr()
     assert main(["evaluate", "--model", str(out / "model"), "--data", str(data)]) == 0
-    assert main(["explain", "--model", str(out / "model"), "--data", str(data), "--frames", "0:2", "--order", "3",
+    assert main(["explain", "--model", str(out / "model"), "--data", str(data), "--frames", "0:1", "--order", "2",
                  "--quiet", "--out", str(tmp_path / "explained")]) == 0
     assert main(["md", "--model", str(out / "model"), "--data", str(data), "--frame", "0", "--ensemble",
                  "nvt-langevin", "--temperature", "300", "--dt", "0.5", "--time", "0.01", "--quiet",

@@ -31,7 +31,7 @@ def frame():
     return build_graphs(np.array(pos), SPECIES, CUTOFF).frame(0)
 
 
-@pytest.fixture(scope="module", params=[(m, t) for m in ["schnet", "painn", "nequip"] for t in [2, 3]],
+@pytest.fixture(scope="module", params=[(m, t) for m in ["schnet", "painn"] for t in [2, 3]] + [("nequip", 2)],
                 ids=lambda p: f"{p[0]}-T{p[1]}")
 def case(request):
     model, T = request.param

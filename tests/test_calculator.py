@@ -22,7 +22,7 @@ def test_calculator_gives_the_models_energy_forces_and_atomwise_energies(model):
     np.testing.assert_allclose(atoms.get_potential_energies().sum(), float(energy), rtol=1e-12)
 
 
-@pytest.mark.parametrize("model", ["schnet", "painn", "nequip"])
+@pytest.mark.parametrize("model", ["schnet", "painn"])
 def test_stress_equals_the_numerical_strain_derivative(model):
     pot, params = argon_potential(model)
     atoms = liquid(seed=1)

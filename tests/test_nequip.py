@@ -88,7 +88,7 @@ def test_l_above_zero_channels_carry_relevance():
     scalar_only = jax.tree.map(lambda x: x, params)
     for weights in (scalar_only["net"]["interactions"][0]["down"]["weights"],):
         for k in list(weights.keys())[1:]:  # the l = 1 block of the first layer's output
-            weights[k].value = jnp.zeros_like(weights[k].value)
+            weights[k][...] = jnp.zeros_like(weights[k][...])
     cut = walk_relevance(pot, scalar_only, g, walks)
     assert np.abs(full - cut).max() > 1e-3 * np.abs(full).max()
 

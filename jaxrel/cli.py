@@ -23,7 +23,8 @@ def _train(args) -> dict:
 
     return train_potential(args.data, args.out, test_data=args.test_data, model=args.model, cutoff=args.cutoff,
                            n_features=args.features, n_interactions=args.interactions, n_rbf=args.rbf,
-                           dtype=args.dtype, lmax=args.lmax, epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
+                           dtype=args.dtype, lmax=args.lmax, epochs=args.epochs, minutes=args.minutes,
+                           batch_size=args.batch_size,
                            learning_rate=args.lr, energy_weight=args.energy_weight,
                            forces_weight=args.forces_weight, species_energies=args.species_energies,
                            n_train=args.train, n_validation=args.validation, seed=args.seed, seeds=args.seeds,

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrel.graph import Graph, edge_lengths
-from jaxrel.nn import MLP, RuleSet, cosine_cutoff, gaussian_rbf, safe_norm, shifted_softplus
+from jaxrel.nn import MLP, RuleSet, cosine_cutoff, gaussian_rbf, safe_norm, shifted_softplus, unit_vectors
 
 MAX_ANGULAR = 3
 """Highest power L of cos θ_jik in the triplet term."""
@@ -130,8 +130,7 @@ class BodyOrdered(nnx.Module):
 
         # ‖Σ_j w_j u_j^{⊗l}‖² = Σ_α (l! / α!) (Σ_j w_j u_j^α)² over the unique monomials u^α
         # of degree l: 1 + 3 + 6 + 10 = 20 components instead of 1 + 3 + 9 + 27.
-        positive = (r > 0)[:, None]
-        unit = jnp.where(positive, vectors / jnp.where(positive, r[:, None], 1.0), 0.0)
+        unit = unit_vectors(vectors, r)
         x, y, z = unit[:, 0], unit[:, 1], unit[:, 2]
         xx, yy, zz, xy, xz, yz = x * x, y * y, z * z, x * y, x * z, y * z
         monomials = jnp.stack([

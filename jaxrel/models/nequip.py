@@ -47,7 +47,7 @@ import numpy as np
 from flax import nnx
 
 from jaxrel.graph import Graph, edge_lengths
-from jaxrel.nn import MLP, RuleSet, cosine_cutoff, sinc_rbf
+from jaxrel.nn import MLP, RuleSet, cosine_cutoff, sinc_rbf, unit_vectors
 
 NEIGHBOUR_NORMALISATION = 1.0 / math.sqrt(10.0)
 RADIAL_HIDDEN = 64  # hidden width of the radial network (NequIP's default)
@@ -184,7 +184,7 @@ class NequIP(nnx.Module):
         """
         vec, r = edge_lengths(graph)
         fcut = cosine_cutoff(r, self.cutoff) * graph.edge_mask
-        unit = jnp.where(r[:, None] > 0, vec / jnp.where(r[:, None] > 0, r[:, None], 1.0), 0.0)
+        unit = unit_vectors(vec, r)
         sh = e3nn.spherical_harmonics(e3nn.Irreps.spherical_harmonics(self.lmax), unit, normalize=False)
         rbf = sinc_rbf(r, self.cutoff, self.n_rbf)
         n_layers = len(self.interactions)

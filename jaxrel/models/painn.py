@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrel.graph import Graph, edge_lengths
-from jaxrel.nn import MLP, RuleSet, cosine_cutoff, sinc_rbf
+from jaxrel.nn import MLP, RuleSet, cosine_cutoff, sinc_rbf, unit_vectors
 
 
 class Message(nnx.Module):
@@ -84,7 +84,7 @@ class PaiNN(nnx.Module):
         vec, r = edge_lengths(graph)
         fcut = cosine_cutoff(r, self.cutoff) * graph.edge_mask
         rbf = sinc_rbf(r, self.cutoff, self.n_rbf)
-        unit = jnp.where(r[:, None] > 0, vec / jnp.where(r[:, None] > 0, r[:, None], 1.0), 0.0)
+        unit = unit_vectors(vec, r)
         n_layers = len(self.messages)
 
         def interaction(t):

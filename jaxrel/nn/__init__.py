@@ -5,9 +5,9 @@ forward pass as an argument, that every node-path nonlinearity is routed through
 evaluates the model (training: the identity rule; attribution: GI, LRP-ε, LRP-γ) chooses it.
 """
 
-from jaxrel.nn.functional import cosine_cutoff, gaussian_rbf, safe_norm, shifted_softplus, sinc_rbf
+from jaxrel.nn.functional import cosine_cutoff, gaussian_rbf, safe_norm, shifted_softplus, sinc_rbf, unit_vectors
 from jaxrel.nn.layers import MLP
 from jaxrel.nn.rules import RULE_NAMES, RULES, RuleSet, resolve_rules
 
 __all__ = ["MLP", "RULES", "RULE_NAMES", "RuleSet", "cosine_cutoff", "gaussian_rbf", "resolve_rules",
-           "safe_norm", "shifted_softplus", "sinc_rbf"]
+           "safe_norm", "shifted_softplus", "sinc_rbf", "unit_vectors"]

@@ -29,6 +29,13 @@ def safe_norm(x: jax.Array, axis: int = -1, keepdims: bool = False) -> jax.Array
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
+def unit_vectors(vectors: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Directions r̂ = r / |r| of (n_edges, 3) vectors with lengths (n_edges,); 0 (not NaN, and
+    with a zero gradient) where the length is 0, e.g. padded edges."""
+    positive = lengths[:, None] > 0
+    return jnp.where(positive, vectors / jnp.where(positive, lengths[:, None], 1.0), 0.0)
+
+
 def shifted_softplus(x: jax.Array) -> jax.Array:
     """ssp(x) = ln(1 + eˣ) − ln 2, so ssp(0) = 0 (SchNet, arXiv:1712.06113)."""
     return jax.nn.softplus(x) - math.log(2.0)

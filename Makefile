@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 quickstart: venv
-	$(VENV)/bin/jaxrel quickstart
+	$(VENV)/bin/jaxrel quickstart --overwrite
 
 test: venv
 	$(VENV)/bin/python -m pytest -q tests

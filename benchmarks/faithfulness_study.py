@@ -42,7 +42,7 @@ from train_rmd17 import machine  # noqa: E402
 
 from jaxrel.analysis.faithfulness import AUDIT_RULES, run_audit, run_ensemble_audit  # noqa: E402
 from jaxrel.analysis.recovery import load_ground_truth  # noqa: E402
-from jaxrel.analysis.write import jsonable  # noqa: E402
+from jaxrel.files import jsonable  # noqa: E402
 from jaxrel.checkpoint import load_models  # noqa: E402
 from jaxrel.data import read_frames  # noqa: E402
 from jaxrel.data.noble_gas import generate_noble_gas, save_noble_gas  # noqa: E402

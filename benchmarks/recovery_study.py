@@ -38,7 +38,7 @@ from train_rmd17 import machine  # noqa: E402
 
 from jaxrel import explain  # noqa: E402
 from jaxrel.analysis import build_report  # noqa: E402
-from jaxrel.analysis.write import jsonable  # noqa: E402
+from jaxrel.files import jsonable  # noqa: E402
 from jaxrel.checkpoint import load_checkpoint  # noqa: E402
 from jaxrel.data import read_frames  # noqa: E402
 from jaxrel.data.noble_gas import generate_noble_gas, save_noble_gas  # noqa: E402

@@ -20,9 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from jaxrel.analysis import build_report
+from jaxrel.analysis.report import FILES as REPORT_FILES
 from jaxrel.analysis.faithfulness import AUDIT_RULES, Audit, run_audit, run_ensemble_audit
 from jaxrel.analysis.recovery import load_ground_truth
-from jaxrel.analysis.write import write_json
+from jaxrel.files import write_json
+
+FILES = ("audit.json", "mbe", *AUDIT_RULES, "seeds", *REPORT_FILES)
+"""What :func:`audit_to_folder` writes into its folder (see the module docstring)."""
 
 
 def default_rules(potential) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ the calculator, MD, explanations and reports load a model without importing
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrel.files import atomic_write, write_json
 from jaxrel.models import ModelConfig, Potential
 
 UNITS = {"length": "Å", "energy": "eV", "forces": "eV/Å"}
@@ -26,16 +28,29 @@ def save_checkpoint(directory: str | Path, potential: Potential, params,
                     metadata: dict | None = None) -> Path:
     """Write ``config.json`` and ``params.msgpack`` into ``directory`` (created if needed).
 
-    ``metadata`` (JSON-serialisable) is stored under ``"metadata"`` in config.json.
+    ``metadata`` (JSON-serialisable; NaN is stored as null) is stored under ``"metadata"`` in
+    config.json, with the SHA-256 of params.msgpack (``params_sha256``), so that
+    :func:`load_checkpoint` can tell a config from one parameter file beside parameters from
+    another. Each file is written atomically (:func:`jaxrel.files.atomic_write`).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = {"format": CHECKPOINT_FORMAT, "model": potential.config.to_dict(), "units": UNITS,
-              "metadata": metadata or {}}
     data = flax.serialization.msgpack_serialize(jax.device_get(nnx.to_pure_dict(params)))
-    (directory / "params.msgpack").write_bytes(data)
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    config = {"format": CHECKPOINT_FORMAT, "model": potential.config.to_dict(), "units": UNITS,
+              "params_sha256": params_digest(data), "metadata": metadata or {}}
+    atomic_write(directory / "params.msgpack", data)
+    write_json(directory / "config.json", config)
     return directory
+
+
+def params_digest(data: bytes) -> str:
+    """SHA-256 (hex) of serialised parameters: the identity of a checkpoint's model."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def checkpoint_digest(directory: str | Path) -> str:
+    """The ``params_sha256`` a checkpoint's config.json records (:func:`params_digest` of its params)."""
+    return json.loads((Path(directory) / "config.json").read_text())["params_sha256"]
 
 
 def load_checkpoint(directory: str | Path) -> tuple[Potential, nnx.State, dict]:
@@ -58,9 +73,13 @@ def load_checkpoint(directory: str | Path) -> tuple[Potential, nnx.State, dict]:
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"checkpoint {directory}/config.json is corrupt ({err}); retrain or "
                          "restore the file") from None
+    data = (directory / "params.msgpack").read_bytes()
+    if config.get("params_sha256", params_digest(data)) != params_digest(data):
+        raise ValueError(f"checkpoint {directory}: params.msgpack is corrupt: it is not the file config.json was written "
+                         "with (an interrupted or mixed copy); restore both files from one run or retrain")
     potential, template = Potential.create(model_config)
     try:
-        restored = flax.serialization.msgpack_restore((directory / "params.msgpack").read_bytes())
+        restored = flax.serialization.msgpack_restore(data)
         expected = jax.tree.map(lambda x: (x.shape, x.dtype), nnx.to_pure_dict(template))
         found = jax.tree.map(lambda x: (x.shape, x.dtype), restored)
         if expected != found:
@@ -79,9 +98,8 @@ def save_ensemble(directory: str | Path, members: list[str], seeds: list[int], m
     """Write ``ensemble.json``: the member checkpoint folders (relative to ``directory``) and their seeds."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / ENSEMBLE_FILE).write_text(json.dumps(
-        {"format": CHECKPOINT_FORMAT, "members": members, "seeds": seeds, "metadata": metadata or {}}, indent=2))
-    return directory / ENSEMBLE_FILE
+    return write_json(directory / ENSEMBLE_FILE, {"format": CHECKPOINT_FORMAT, "members": members,
+                                                  "seeds": seeds, "metadata": metadata or {}})
 
 
 def load_models(directory: str | Path) -> list[tuple[Potential, nnx.State, dict]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxrel.files import jsonable
 from jaxrel.models.potential import ARCHITECTURES
 from jaxrel.quickstart import DEFAULT_RUN_DIR
 
@@ -21,14 +22,20 @@ from jaxrel.quickstart import DEFAULT_RUN_DIR
 def _train(args) -> dict:
     from jaxrel.train import train_potential
 
-    return train_potential(args.data, args.out, test_data=args.test_data, model=args.model, cutoff=args.cutoff,
+    metrics = train_potential(args.data, args.out, test_data=args.test_data, model=args.model, cutoff=args.cutoff,
                            n_features=args.features, n_interactions=args.interactions, n_rbf=args.rbf,
                            dtype=args.dtype, lmax=args.lmax, epochs=args.epochs, minutes=args.minutes,
                            batch_size=args.batch_size,
                            learning_rate=args.lr, energy_weight=args.energy_weight,
                            forces_weight=args.forces_weight, species_energies=args.species_energies,
                            n_train=args.train, n_validation=args.validation, seed=args.seed, seeds=args.seeds,
-                           progress=not args.quiet)
+                           overwrite=args.overwrite, progress=not args.quiet)
+    training = metrics["training"]
+    if training["interrupted"]:
+        print(f"jaxrel train: interrupted at epoch {training['epochs']}; the best model (epoch "
+              f"{training['best_epoch']}) and its metrics are in {args.out}", file=sys.stderr)
+        return metrics | {"interrupted": True}
+    return metrics
 
 
 def _multiplicities(text: str) -> tuple[int, ...]:
@@ -67,15 +74,21 @@ def _frame_range(spec: str | None, n_frames: int) -> list[int]:
 
 
 def _explain(args) -> dict:
+    from jaxrel.analysis.report import FILES as REPORT_FILES
     from jaxrel.checkpoint import load_models
     from jaxrel.data import read_frames
+    from jaxrel.files import prepare_output
     from jaxrel.nn import RuleSet
     from jaxrel.relevance import ensemble_mean, explain
+    from jaxrel.relevance.explanation import FILES
 
+    rules = RuleSet(args.rule, epsilon=args.epsilon, gamma=args.gamma)
     models = load_models(args.model)
     frames = read_frames(args.data)
     index = _frame_range(args.frames, len(frames))
-    rules = RuleSet(args.rule, epsilon=args.epsilon, gamma=args.gamma)
+    for potential, _, _ in models:
+        potential.check_species(frames.species)
+    prepare_output(args.out, (*FILES, *REPORT_FILES, "seed*"), overwrite=args.overwrite)
     members = [explain(potential, params, frames.select(np.array(index)), max_order=args.order, rules=rules,
                        frame_index=index, model_path=args.model, data_path=args.data, progress=not args.quiet)
                for potential, params, _ in models]
@@ -92,14 +105,18 @@ def _explain(args) -> dict:
 
 
 def _audit(args) -> dict:
-    from jaxrel.audit import audit_to_folder
+    from jaxrel.audit import FILES, audit_to_folder
     from jaxrel.checkpoint import load_models
     from jaxrel.data import read_frames
+    from jaxrel.files import prepare_output
 
     models = load_models(args.model)
     frames = read_frames(args.data)
     index = _frame_range(args.frames, len(frames))
+    for potential, _, _ in models:
+        potential.check_species(frames.species)
     rules = None if args.rules is None else [r.strip() for r in args.rules.split(",") if r.strip()]
+    prepare_output(args.out, FILES, overwrite=args.overwrite)
     audit, report = audit_to_folder([(p, q) for p, q, _ in models], frames.select(np.array(index)), args.out,
                                     seeds=[m.get("seed", 0) for _, _, m in models], frame_index=index,
                                     model_path=args.model, data_path=args.data, max_order=args.order,
@@ -110,12 +127,13 @@ def _audit(args) -> dict:
 
 def _generate(args) -> dict:
     from jaxrel.data.noble_gas import generate_noble_gas, save_noble_gas
+    from jaxrel.files import prepare_output_file
 
+    prepare_output_file(args.out, overwrite=args.overwrite, suffix=".npz")
     start = time.perf_counter()
     data = generate_noble_gas(args.species, n_atoms=args.atoms, n_frames=args.frames, seed=args.seed,
                               temperature=args.temperature, cutoff=args.cutoff,
                               three_body=not args.no_three_body, progress=not args.quiet)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_noble_gas(data, args.out)
     return {"out": str(args.out), "n_frames": int(len(data["energies"])),
             "n_atoms": int(len(data["species"])), "temperature_K": float(data["temperature_K"]),
@@ -125,16 +143,38 @@ def _generate(args) -> dict:
 
 def _report(args) -> dict:
     from jaxrel.analysis import build_report
+    from jaxrel.analysis.report import FILES
+    from jaxrel.files import prepare_output
+    from jaxrel.relevance import Explanation
 
-    result = build_report(args.explained, args.out, data_path=args.data)
+    explanation = Explanation.load(args.explained)
+    if args.data is not None:
+        from jaxrel.data import read_frames
+
+        frames = read_frames(args.data)
+        if not np.array_equal(frames.species, explanation.species):
+            raise ValueError(f"--data {args.data} holds species {_species_text(frames.species)} but "
+                             f"{args.explained} explains {_species_text(explanation.species)}; give the data "
+                             "that was explained")
+    out = prepare_output(args.explained if args.out is None else args.out, FILES, overwrite=args.overwrite)
+    result = build_report(explanation, out, data_path=args.data)
     return {"report": str(result["report"]), "figures": len(result["figures"]),
             "recovery": result["recovery"] is not None}
+
+
+def _species_text(species) -> str:
+    """'54 atoms of species 1, 6, 8' for messages."""
+    return f"{len(species)} atoms of species {', '.join(map(str, sorted(set(np.asarray(species).tolist()))))}"
 
 
 def _quickstart(args) -> dict:
     from jaxrel.quickstart import run_quickstart
 
-    return run_quickstart(args.out, minutes=args.minutes, n_frames=args.frames, explain_frames=args.explain_frames)
+    return run_quickstart(args.out, minutes=args.minutes, n_frames=args.frames, explain_frames=args.explain_frames,
+                          overwrite=args.overwrite)
+
+
+OVERWRITE_HELP = "replace an earlier run at --out (its files only; without this flag an existing run is refused)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(explain and audit take OUT as --model and report the spread over seeds)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output folder: OUT/model/ (or the ensemble) and OUT/metrics.json")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="errors of a trained model on labelled frames (JSON)")
@@ -196,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=0.25, help="γ of lrp-gamma")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, help="folder for nbody.npz and summary.json")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_explain)
 
     p = sub.add_parser("audit", help="faithfulness: the model's many-body expansion beside GNN-LRP rules "
@@ -213,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, help="folder for audit.json, report.html, figures/ and one "
                                                 "explanation folder per method")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("generate", help="ground-truth data sets")
@@ -227,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-three-body", action="store_true", help="switch the ATM term off (null test)")
     g.add_argument("--quiet", action="store_true")
     g.add_argument("--out", required=True, help="output .npz")
+    g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     g.set_defaults(func=_generate)
 
     p = sub.add_parser("report", help="HTML report with figures of a 'jaxrel explain' folder")
@@ -234,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for report.html and figures/ (default: --explained)")
     p.add_argument("--data", help="data file (default: the one recorded by explain); a "
                                   "'jaxrel generate noble-gas' file adds the recovery of the exact terms")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_report)
 
     p = sub.add_parser("quickstart", help="generate liquid argon, train SchNet, explain held-out frames, "
@@ -242,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=4.0, help="training time (default 4)")
     p.add_argument("--frames", type=int, default=200, help="training frames (default 200)")
     p.add_argument("--explain-frames", type=int, default=8, help="held-out frames to explain (default 8)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_quickstart)
 
     p = sub.add_parser("md", help="molecular dynamics with a trained model, then stability metrics "
@@ -320,12 +366,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, OSError, FloatingPointError) as err:
         print(f"jaxrel {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        print(f"jaxrel {args.command}: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
+        return 130
     if args.command != "quickstart":
-        print(json.dumps(result, indent=2))
-    return 0
+        print(json.dumps(jsonable(result), indent=2, allow_nan=False))
+    return 130 if isinstance(result, dict) and result.get("interrupted") else 0
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@ Units: Å, eV, K, minutes of wall time for training.
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 
 DEFAULT_RUN_DIR = "runs/quickstart"
+
+FILES = ("argon.npz", "argon_heldout.npz", "summary.json")
+"""What the quickstart writes into its folder besides the training run and the audit."""
 
 
 def _stage(k: int, text: str) -> None:
@@ -22,7 +23,7 @@ def _stage(k: int, text: str) -> None:
 
 
 def run_quickstart(out=DEFAULT_RUN_DIR, *, minutes: float = 4.0, n_frames: int = 200,
-                   explain_frames: int = 8) -> dict:
+                   explain_frames: int = 8, overwrite: bool = False) -> dict:
     """Run the four stages, print a plain-text summary and return it (also ``OUT/summary.json``).
 
     1. 64-atom liquid argon (Lennard-Jones + Axilrod–Teller–Muto, :mod:`jaxrel.data.noble_gas`):
@@ -37,22 +38,39 @@ def run_quickstart(out=DEFAULT_RUN_DIR, *, minutes: float = 4.0, n_frames: int =
        ``OUT/lrp-eps``, ``OUT/lrp-gamma`` and ``OUT/audit.json``.
     4. ``OUT/report.html`` (of the GI explanation, with the Faithfulness section).
 
+    The options and ``out`` are checked before any data is generated; ``out`` holding an
+    earlier quickstart is refused unless ``overwrite`` (which removes that run's files first).
+
     Returns:
         {"report", "model", "test_errors", "explain" (the GI explanation), "seconds",
         "conservation_error_eV", "higher_order_residual_eV", "body_order_energy_share",
         "recovery" (of the GI explanation), "audit" (verdict and body-order totals per method)}.
+    Raises:
+        ValueError: a non-positive ``minutes``, fewer than 20 training frames (the smallest run
+            with non-empty training, validation and batch), fewer than 1 frame to explain, or an
+            ``out`` that holds an earlier run (without ``overwrite``) or cannot be written.
     """
     from jaxrel.analysis import body_order_shares
     from jaxrel.analysis.faithfulness import AUDIT_RULES
-    from jaxrel.analysis.write import jsonable
+    from jaxrel.files import write_json
     from jaxrel.audit import audit_to_folder, totals_line
     from jaxrel.checkpoint import load_checkpoint
     from jaxrel.data import read_frames
     from jaxrel.data.noble_gas import generate_noble_gas, save_noble_gas
     from jaxrel.train import train_potential
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from jaxrel.audit import FILES as AUDIT_FILES
+    from jaxrel.files import prepare_output
+    from jaxrel.train import FILES as TRAIN_FILES
+
+    checks = (("--minutes", minutes, minutes > 0, "a positive number of minutes"),
+              ("--frames", n_frames, int(n_frames) == n_frames and n_frames >= 20, "a whole number of at least 20"),
+              ("--explain-frames", explain_frames, int(explain_frames) == explain_frames and explain_frames >= 1,
+               "a whole number of at least 1"))
+    for option, value, ok, need in checks:
+        if not ok:
+            raise ValueError(f"{option} is {value}; it must be {need}")
+    out = prepare_output(out, (*FILES, *TRAIN_FILES, *AUDIT_FILES), overwrite=overwrite)
     seconds = {}
     clock = time.perf_counter()
     train_path, heldout_path = out / "argon.npz", out / "argon_heldout.npz"
@@ -104,7 +122,7 @@ def run_quickstart(out=DEFAULT_RUN_DIR, *, minutes: float = 4.0, n_frames: int =
         "audit": {"out": str(out / "audit.json"), "verdict": audit.verdict,
                   "body_order_totals_eV": {name: {str(n): float(np.mean(e.order_totals(n))) for n in e.tables}
                                            for name, e in audit.explanations.items()}}}
-    (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=2))
+    write_json(out / "summary.json", summary)
     pairs, triplets, atomwise = (recovery.get(k) for k in ("pairs", "triplets", "atomwise"))
     print(f"test errors: energy {test['energy_mae_meV'] / 64:.3f} meV/atom, forces {test['forces_mae_meV_per_A']:.2f} meV/Å")
     print(f"2-body terms vs exact LJ pair energies: r = {pairs['pearson_r']:.3f}, MAE {pairs['mae_eV'] * 1e3:.2f} meV; "

@@ -12,7 +12,6 @@ Checkpoints are written and read by :mod:`jaxrel.checkpoint`.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -27,10 +26,14 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxrel.checkpoint import save_checkpoint, save_ensemble
+from jaxrel.checkpoint import checkpoint_digest, save_checkpoint, save_ensemble
+from jaxrel.files import prepare_output, write_json
 from jaxrel.graph import Graph, build_graphs
 from jaxrel.models import ModelConfig, Potential
 from jaxrel.models.potential import SpeciesShift
+
+FILES = ("model", "model_seed*", "metrics.json", "ensemble.json")
+"""What :func:`train_potential` writes into its output folder."""
 
 
 class Targets(NamedTuple):
@@ -75,10 +78,31 @@ class TrainConfig:
 
     def __post_init__(self):
         if (self.epochs is None) == (self.minutes is None):
-            raise ValueError("give exactly one of epochs or minutes to stop training")
-        if self.batch_size < 1 or (self.epochs is not None and self.epochs < 1) or (
-                self.minutes is not None and self.minutes <= 0):
-            raise ValueError(f"invalid training settings {self}")
+            raise ValueError("give exactly one of epochs (--epochs) or minutes (--minutes) to stop training")
+        checks = (("epochs", "--epochs", self.epochs is None or (int(self.epochs) == self.epochs and self.epochs >= 1),
+                   "a whole number of at least 1"),
+                  ("minutes", "--minutes", self.minutes is None or (math.isfinite(self.minutes) and self.minutes > 0),
+                   "a positive number"),
+                  ("batch_size", "--batch-size", int(self.batch_size) == self.batch_size and self.batch_size >= 1,
+                   "a whole number of at least 1"),
+                  ("learning_rate", "--lr", math.isfinite(self.learning_rate) and self.learning_rate > 0,
+                   "a positive number, e.g. 1e-3"),
+                  ("final_learning_rate", None, math.isfinite(self.final_learning_rate) and self.final_learning_rate > 0,
+                   "a positive number, e.g. 2e-5"),
+                  ("weight_decay", None, math.isfinite(self.weight_decay) and self.weight_decay >= 0, "0 or more"),
+                  ("energy_weight", "--energy-weight", math.isfinite(self.energy_weight) and self.energy_weight >= 0,
+                   "0 or more (0: force matching)"),
+                  ("forces_weight", "--forces-weight", math.isfinite(self.forces_weight) and self.forces_weight >= 0,
+                   "0 or more"),
+                  ("ema_decay", None, 0 <= self.ema_decay < 1, "in [0, 1) (0: no averaging)"),
+                  ("clip_norm", None, math.isfinite(self.clip_norm) and self.clip_norm > 0, "a positive number"))
+        for name, option, ok, need in checks:
+            if not ok:
+                label = f"{name} ({option})" if option else name
+                raise ValueError(f"{label} is {getattr(self, name)}; it must be {need}")
+        if self.energy_weight == 0 and self.forces_weight == 0:
+            raise ValueError("both loss weights (--energy-weight and --forces-weight) are 0, so there is nothing "
+                             "to fit; make at least one positive")
 
 
 def _batch(graph: Graph, targets: Targets, idx: jax.Array) -> tuple[Graph, Targets]:
@@ -247,43 +271,51 @@ def train(potential: Potential, params, train_data: tuple[Graph, Targets],
     bar = tqdm(total=config.epochs if config.epochs else None, disable=not progress,
                desc=f"train {potential.config.model}" + (f" × {k_members} seeds" if k_members > 1 else ""),
                unit="epoch")
-    while True:
-        elapsed = time.perf_counter() - start
-        frac = (epoch / config.epochs) if config.epochs else elapsed / (60 * config.minutes)
-        if frac >= 1.0:
-            break
-        lr = config.learning_rate * (config.final_learning_rate / config.learning_rate) ** frac
-        losses = []
-        for idx, _ in _index_batches(n_train, config.batch_size, rng):
-            trainable, ema, opt_state, loss = step(trainable, ema, opt_state, lr, jnp.asarray(idx),
-                                                   graph, targets)
-            losses.append(loss)
-            steps += 1
-        epoch += 1
-        train_loss = np.mean(np.asarray(jax.device_get(losses), np.float64), axis=0)
-        current = validation(ema)
-        for k in range(k_members):
-            for key, value in (("train_loss", float(train_loss[k])), ("validation_loss", float(current[k])),
-                               ("learning_rate", lr)):
-                history[k][key].append(value)
-        if not np.all(np.isfinite(train_loss)):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss.max()}); "
-                                     "lower the learning rate or check the data for outliers")
-        improved = current < best_loss
-        if improved.any():
-            keep = jnp.asarray(improved)
-            best = jax.tree.map(lambda b, e: jnp.where(keep.reshape((-1,) + (1,) * (e.ndim - 1)), e, b), best, ema)
-            best_loss, best_epoch = np.where(improved, current, best_loss), np.where(improved, epoch, best_epoch)
-            for k in np.flatnonzero(improved):
-                if dirs[k] is not None:
-                    save_checkpoint(dirs[k], potential, member(best, k))
-        bar.update(1)
-        bar.set_postfix(loss=f"{train_loss.max():.3g}", val=f"{current.max():.3g}", best=f"{best_loss.max():.3g}",
-                        lr=f"{lr:.1e}")
+    interrupted = False
+    try:
+        while True:
+            elapsed = time.perf_counter() - start
+            frac = (epoch / config.epochs) if config.epochs else elapsed / (60 * config.minutes)
+            if frac >= 1.0:
+                break
+            lr = config.learning_rate * (config.final_learning_rate / config.learning_rate) ** frac
+            losses = []
+            for idx, _ in _index_batches(n_train, config.batch_size, rng):
+                trainable, ema, opt_state, loss = step(trainable, ema, opt_state, lr, jnp.asarray(idx),
+                                                       graph, targets)
+                losses.append(loss)
+                steps += 1
+            epoch += 1
+            train_loss = np.mean(np.asarray(jax.device_get(losses), np.float64), axis=0)
+            current = validation(ema)
+            for k in range(k_members):
+                for key, value in (("train_loss", float(train_loss[k])), ("validation_loss", float(current[k])),
+                                   ("learning_rate", lr)):
+                    history[k][key].append(value)
+            if not (np.all(np.isfinite(train_loss)) and np.all(np.isfinite(current))):
+                raise FloatingPointError(f"training diverged at epoch {epoch} (training loss {train_loss.max()}, "
+                                         f"validation loss {current.max()}); lower --lr or check the data "
+                                         "for outliers")
+            improved = current < best_loss
+            if improved.any():
+                keep = jnp.asarray(improved)
+                best = jax.tree.map(lambda b, e: jnp.where(keep.reshape((-1,) + (1,) * (e.ndim - 1)), e, b), best, ema)
+                best_loss, best_epoch = np.where(improved, current, best_loss), np.where(improved, epoch, best_epoch)
+                for k in np.flatnonzero(improved):
+                    if dirs[k] is not None:
+                        save_checkpoint(dirs[k], potential, member(best, k))
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_loss.max():.3g}", val=f"{current.max():.3g}", best=f"{best_loss.max():.3g}",
+                            lr=f"{lr:.1e}")
+    except KeyboardInterrupt:     # Ctrl-C: keep the best of the finished epochs
+        interrupted = True
     bar.close()
     seconds = time.perf_counter() - start
+    if interrupted and not (best_epoch > 0).all():
+        raise KeyboardInterrupt("training was interrupted before its first epoch finished; nothing was saved")
     for k in range(k_members):
-        history[k].update(seconds=seconds, steps=steps, epochs=epoch, best_epoch=int(best_epoch[k]),
+        history[k].update(seconds=seconds, steps=steps, epochs=epoch, interrupted=interrupted,
+                          best_epoch=int(best_epoch[k]),
                           best_validation_loss=float(best_loss[k]),
                           frames_per_second=steps * config.batch_size / seconds)
     bests = [member(best, k) for k in range(k_members)]
@@ -317,8 +349,15 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
                     minutes: float | None = None, batch_size: int = 8,
                     learning_rate: float = 1e-3, energy_weight: float = 0.05, forces_weight: float = 0.95,
                     species_energies: str = "fit", n_train: int | None = None, n_validation: int | None = None,
-                    seed: int = 0, seeds: int = 1, progress: bool = True) -> dict:
+                    seed: int = 0, seeds: int = 1, overwrite: bool = False, progress: bool = True) -> dict:
     """Train a potential on a data file and write ``OUT/model/`` and ``OUT/metrics.json``.
+
+    Nothing is computed before the settings, the output folder and the data are checked.
+    Every file is written atomically; during training ``OUT/model/`` holds the best model so
+    far (without metrics), and ``metrics.json`` is written last, beside the final checkpoint
+    it describes (both carry the checkpoint's ``params_sha256``). Ctrl-C ends training after
+    the current step: the best model of the finished epochs is evaluated and saved with
+    ``"interrupted": true`` in its training metrics.
 
     Frames are split deterministically (``seed``): validation 5 % (at least 1) unless
     ``n_validation`` is given; training 80 % (or all but validation with ``test_data``);
@@ -342,6 +381,8 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
             ``OUT/model_seed{s}/`` with ``OUT/ensemble.json`` (read by
             :func:`jaxrel.checkpoint.load_models`); ``metrics.json`` then has one entry per seed
             under ``"members"`` and the mean and standard deviation of the test errors.
+        overwrite: replace an earlier run in ``out`` (its model folders, ``metrics.json`` and
+            ``ensemble.json``) instead of refusing.
         progress: a progress bar with live losses.
 
     Returns:
@@ -350,20 +391,36 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
         frames_per_second) and ``n_frames``; for an ensemble ``{"members": {seed: metrics},
         "test_mean", "test_std", "seeds"}``.
     Raises:
-        ValueError: too few frames for non-empty splits, bad settings, or data errors
+        ValueError: too few frames for non-empty splits, bad settings, an output folder that
+            holds an earlier run (without ``overwrite``) or cannot be written, test species the
+            training data lacks, labels the loss weights need but the data lacks, or data errors
             (as :func:`jaxrel.data.read_frames` and :func:`jaxrel.graph.build_graphs`).
+        FloatingPointError: training diverged, or the trained model's errors are not finite.
+        KeyboardInterrupt: Ctrl-C before the first epoch finished (nothing is saved).
     """
     from jaxrel.data import Dataset, fit_species_energies, read_frames, split_frames
 
     if species_energies not in ("fit", "zero"):
         raise ValueError(f"species_energies is {species_energies!r}; use 'fit' or 'zero'")
     if seeds < 1:
-        raise ValueError(f"seeds is {seeds}; train at least one model")
+        raise ValueError(f"seeds (--seeds) is {seeds}; train at least one model")
+    train_config = TrainConfig(epochs=epochs, minutes=minutes, batch_size=batch_size, learning_rate=learning_rate,
+                               energy_weight=energy_weight, forces_weight=forces_weight, seed=seed)
+    out = prepare_output(out, FILES, overwrite=overwrite)
     frames = read_frames(data)
+    for label, weight, option in (("energies", energy_weight, "--energy-weight"),
+                                  ("forces", forces_weight, "--forces-weight")):
+        if weight > 0 and getattr(frames, label) is None:
+            raise ValueError(f"{frames.source} has no {label} but {option} is {weight}; pass {option} 0 to "
+                             f"train without {label}, or give data with {label}")
     n = len(frames)
     n_val = n_validation if n_validation is not None else max(1, round(0.05 * n))
     if test_data:
         test_frames = read_frames(test_data)
+        unknown = sorted(set(test_frames.species.tolist()) - set(frames.species.tolist()))
+        if unknown:
+            raise ValueError(f"--test-data {test_data} has species {unknown} that the training data {data} lacks; "
+                             "the model could not learn them, so test on frames of the trained species")
         split = split_frames(n, n_train if n_train is not None else n - n_val, n_val, 0, seed=seed)
     else:
         split = split_frames(n, n_train if n_train is not None else round(0.8 * n), n_val, None, seed=seed)
@@ -381,7 +438,7 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
     else:
         residual = train_frames.energies - sum(shifts.get(int(z), 0.0) for z in frames.species)
         scale = float(np.std(residual) / np.sqrt(len(frames.species)))
-    species = sorted(set(frames.species.tolist()) | set(test_frames.species.tolist()))
+    species = sorted(set(frames.species.tolist()))
     features = (int(n_features),) if np.ndim(n_features) == 0 else tuple(int(f) for f in n_features)
     config = ModelConfig(model, tuple(species), cutoff=cutoff, n_features=features[0],
                          n_interactions=n_interactions, n_rbf=n_rbf, dtype=dtype, lmax=lmax,
@@ -389,12 +446,8 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
     members = list(range(seed, seed + seeds))
     created = [Potential.create(config, shifts, max(scale, 1e-3), seed=s) for s in members]
     potential = created[0][0]
-    train_config = TrainConfig(epochs=epochs, minutes=minutes, batch_size=batch_size, learning_rate=learning_rate,
-                               energy_weight=energy_weight, forces_weight=forces_weight, seed=seed)
     graphs = {name: labelled_graphs(f, cutoff, dtype)
               for name, f in (("train", train_frames), ("validation", val_frames), ("test", test_frames))}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     folders = [out / "model"] if seeds == 1 else [out / f"model_seed{s}" for s in members]
     bests, histories = train(potential, [p for _, p in created], graphs["train"], graphs["validation"],
                              train_config, checkpoint_dir=folders, progress=progress)
@@ -409,13 +462,14 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
     for s, best, history, folder in zip(members, bests, histories, folders):
         metrics = {name: evaluate(potential, best, *graphs[name]) for name in ("validation", "test")}
         metrics["training"] = {k: history[k] for k in ("seconds", "epochs", "steps", "best_epoch",
-                                                       "frames_per_second")}
+                                                       "frames_per_second", "interrupted")}
         metrics["n_frames"] = {"train": len(train_frames), "validation": len(val_frames), "test": len(test_frames)}
         run = {"command": sys.argv, "data": str(data), "test_data": settings["test_data"],
                "model": config.to_dict(), "training": settings, "init_seed": s,
                "species_energies_eV": {str(k): v for k, v in shifts.items()}, "energy_scale_eV": scale,
                "history": history}
         save_checkpoint(folder, potential, best, metadata={"run": run, "metrics": metrics})
+        metrics["params_sha256"] = checkpoint_digest(folder)
         per_member[s] = metrics
     if seeds == 1:
         metrics = per_member[seed]
@@ -427,5 +481,10 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
                    "test_mean": {k: float(np.mean(v)) for k, v in errors.items()},
                    "test_std": {k: float(np.std(v)) for k, v in errors.items()},
                    "training": per_member[seed]["training"]}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics)
+    bad = [f"{name}.{key}" for m in per_member.values() for name in ("validation", "test")
+           for key, value in m[name].items() if isinstance(value, float) and not math.isfinite(value)]
+    if bad:
+        raise FloatingPointError(f"the trained model's {', '.join(bad)} is not finite (null in {out / 'metrics.json'}); "
+                                 "lower --lr or check the data for outliers")
     return metrics

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxrel.analysis import build_report, compare_with_ground_truth, write_recovery
-from jaxrel.analysis.write import jsonable
+from jaxrel.files import jsonable
 from jaxrel.checkpoint import save_checkpoint
 from jaxrel.cli import main
 from jaxrel.data.noble_gas import generate_noble_gas, save_noble_gas

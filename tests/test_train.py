@@ -130,4 +130,4 @@ def test_cli_train_with_seeds_writes_one_checkpoint_per_seed_and_the_ensemble(tm
     assert listing["members"] == ["model_seed5", "model_seed6"] and listing["seeds"] == [5, 6]
     assert json.loads(capsys.readouterr().out)["seeds"] == [5, 6]
     assert main(["train", "--data", str(dimers), "--epochs", "1", "--seeds", "0", "--out", str(tmp_path / "z")]) == 2
-    assert "seeds is 0" in capsys.readouterr().err
+    assert "seeds (--seeds) is 0" in capsys.readouterr().err

@@ -31,7 +31,8 @@ from jaxrel.analysis.numerics import Agreement, atomwise_comparison, pair_releva
 from jaxrel.analysis.plots import (plot_force_components, plot_method_totals, plot_pair_curves_by_method,
                                    plot_terms_against)
 from jaxrel.analysis.recovery import Recovery, compare_with_ground_truth, match_terms
-from jaxrel.analysis.write import Written, write_json
+from jaxrel.analysis.write import Written
+from jaxrel.files import write_json
 from jaxrel.relevance import Explanation
 
 AUDIT_RULES = ("gi", "lrp-eps", "lrp-gamma")

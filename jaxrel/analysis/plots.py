@@ -7,12 +7,14 @@ PNG at ``FIGURE_DPI`` and returns its path.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from jaxrel.analysis.numerics import BinnedCurve, Shares, Strength, atomwise_comparison, species_label
+from jaxrel.files import atomic_write
 
 FIGURE_DPI = 150
 
@@ -20,8 +22,9 @@ FIGURE_DPI = 150
 def _save(fig: Figure, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight")
-    return path
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
+    return atomic_write(path, png.getvalue())
 
 
 def _colour(i: int) -> str:

@@ -29,7 +29,8 @@ import numpy as np
 from jaxrel.analysis.numerics import (Agreement, BinnedCurve, atomwise_comparison, pair_relevance_curve,
                                       triplet_angle_profile)
 from jaxrel.analysis.plots import plot_atomwise, plot_pair_curves, plot_triplet_profiles
-from jaxrel.analysis.write import Written, write_json
+from jaxrel.analysis.write import Written
+from jaxrel.files import write_json
 from jaxrel.relevance import Explanation, Table
 
 GROUND_TRUTH_KEYS = ("species", "coords", "local_energies", "pair_frame", "pair_atoms",

@@ -28,6 +28,7 @@ from jaxrel.analysis.faithfulness import Audit, write_audit
 from jaxrel.analysis.numerics import Shares, Strength, species_label
 from jaxrel.analysis.recovery import Recovery, compare_with_ground_truth, load_ground_truth, write_recovery
 from jaxrel.analysis.write import Written, write_analysis
+from jaxrel.files import atomic_write
 from jaxrel.relevance import Explanation
 
 FIGURE_CAPTIONS = {
@@ -73,6 +74,10 @@ td:first-child,th:first-child{text-align:left}
 figure{margin:1rem 0}img{max-width:100%}figcaption{font-size:.85rem;color:#555}
 .note{font-size:.9rem;color:#444}code{background:#f3f3f3;padding:0 .2rem}
 """
+
+
+FILES = ("report.html", "figures")
+"""What :func:`build_report` writes into its folder."""
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -282,7 +287,7 @@ def build_report(explanation, out_dir=None, *, data_path=None, title: str | None
         f"<li><a href='figures/{html.escape(p)}'>{html.escape(p)}</a></li>" for p in links) + "</ul>")
     parts.append("</body></html>")
     report = out / "report.html"
-    report.write_text("".join(parts), encoding="utf-8")
+    atomic_write(report, "".join(parts))
     bar.update()
     bar.close()
     all_figures = {**fig, **(recovery_written.figures if recovery_written else {}),

@@ -7,7 +7,6 @@ quickstart) never reads back a file it wrote.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,6 +17,7 @@ from jaxrel.analysis.numerics import (BinnedCurve, atomwise_comparison, atomwise
                                       triplet_angle_profile, triplet_distance_profile)
 from jaxrel.analysis.plots import (plot_atomwise, plot_body_order_shares, plot_decay, plot_pair_curves,
                                    plot_triplet_profiles)
+from jaxrel.files import key_label, write_json
 from jaxrel.geometry import cell_heights, partial_rdf
 from jaxrel.relevance import Explanation
 
@@ -35,32 +35,6 @@ class Written(NamedTuple):
     files: dict[str, Path]
 
 
-def _key(key: tuple[int, ...]) -> str:
-    return "-".join(map(str, key))
-
-
-def jsonable(value):
-    """A result as JSON-ready Python: NamedTuples → dicts, arrays → lists, tuple keys →
-    "18-36", numpy scalars → Python numbers."""
-    if hasattr(value, "_asdict"):
-        return jsonable(value._asdict())
-    if isinstance(value, dict):
-        return {(_key(k) if isinstance(k, tuple) else str(k)): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def write_json(path: Path, value) -> Path:
-    """Write a result as strict JSON (ValueError on NaN or inf, which results never hold)."""
-    path.write_text(json.dumps(jsonable(value), indent=1, allow_nan=False, ensure_ascii=False), encoding="utf-8")
-    return path
-
-
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -69,7 +43,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def _binned_rows(results: dict[tuple, BinnedCurve], names) -> list[list]:
-    return [[_key(key), species_label(key, names), float(x), float(m), float(s), int(c)]
+    return [[key_label(key), species_label(key, names), float(x), float(m), float(s), int(c)]
             for key, r in sorted(results.items()) for x, m, s, c in zip(*r)]
 
 
@@ -125,7 +99,7 @@ def write_analysis(explanation: Explanation, out_dir, *, names: dict[int, str] |
         result["rdf"] = {"kind": label, "curves": {key: {"r_center": r, "g": g} for key, (r, g) in rdf.items()}}
         files["rdf"] = out / "rdf.csv"
         _write_csv(files["rdf"], ["pair", "label", "r_center_A", "g"],
-                   [[_key(key), species_label(key, names), float(x), float(y)]
+                   [[key_label(key), species_label(key, names), float(x), float(y)]
                     for key, (r, g) in sorted(rdf.items()) for x, y in zip(r, g)])
         figures["pair_curves"] = plot_pair_curves(curves, out / "pair_curves.png", rdf=rdf, names=names,
                                                   rdf_label=label, title="2-body relevance against distance")
@@ -134,7 +108,7 @@ def write_analysis(explanation: Explanation, out_dir, *, names: dict[int, str] |
         files["interaction_strength"] = out / "interaction_strength.csv"
         _write_csv(files["interaction_strength"],
                    ["pair", "label", "count", "mean_abs_eV", "decay_length_A", "amplitude_eV", "n_fit_bins"],
-                   [[_key(k), species_label(k, names), s.count, s.mean_abs_eV,
+                   [[key_label(k), species_label(k, names), s.count, s.mean_abs_eV,
                      "" if s.decay_length_A is None else s.decay_length_A,
                      "" if s.amplitude_eV is None else s.amplitude_eV, s.n_fit_bins]
                     for k, s in sorted(strength.items())])

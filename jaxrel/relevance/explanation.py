@@ -41,6 +41,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxrel.files import savez, write_json
 from jaxrel.graph import Graph, build_graphs
 from jaxrel.nn import RuleSet, resolve_rules
 from jaxrel.relevance.nbody import nbody_decomposition
@@ -48,6 +49,9 @@ from jaxrel.relevance.table import COLUMNS, Table, frame_positions
 from jaxrel.version import __version__
 
 FORMAT = 2
+
+FILES = ("nbody.npz", "summary.json")
+"""What :meth:`Explanation.save` writes into its folder."""
 """Folder format written by :meth:`Explanation.save`: 1 = jaxrel 0.1.0 before atomwise
 energies and metadata were stored (still loads; ``atomwise_energy`` is then None)."""
 
@@ -172,7 +176,7 @@ class Explanation:
             for key in COLUMNS:
                 if getattr(table, key) is not None:
                     arrays[f"order{n}_{key}"] = getattr(table, key)
-        np.savez(out / "nbody.npz", **arrays)
+        savez(out / "nbody.npz", **arrays)
         totals = {n: self.order_totals(n) for n in self.tables}
         counts = {n: np.bincount(self.frame_rows(t.frame), minlength=len(self.frames))
                   for n, t in self.tables.items()}
@@ -190,7 +194,7 @@ class Explanation:
                    "gamma": meta.pop("gamma", None), "max_order": self.max_order,
                    "units": {"energy": "eV", "distance": "Å", "angle": "degree"}, "notes": NOTES,
                    "frames": frames, "format": FORMAT, **meta}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
+        write_json(out / "summary.json", summary)
         return out
 
     @classmethod

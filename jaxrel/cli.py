@@ -81,6 +81,7 @@ def _explain(args) -> dict:
     from jaxrel.nn import RuleSet
     from jaxrel.relevance import ensemble_mean, explain
     from jaxrel.relevance.explanation import FILES
+    from jaxrel.relevance.nbody import check_max_order
 
     rules = RuleSet(args.rule, epsilon=args.epsilon, gamma=args.gamma)
     models = load_models(args.model)
@@ -88,6 +89,8 @@ def _explain(args) -> dict:
     index = _frame_range(args.frames, len(frames))
     for potential, _, _ in models:
         potential.check_species(frames.species)
+        if potential.has_layers:
+            check_max_order(potential, args.order)
     prepare_output(args.out, (*FILES, *REPORT_FILES, "seed*"), overwrite=args.overwrite)
     members = [explain(potential, params, frames.select(np.array(index)), max_order=args.order, rules=rules,
                        frame_index=index, model_path=args.model, data_path=args.data, progress=not args.quiet)

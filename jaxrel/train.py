@@ -406,7 +406,6 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
         raise ValueError(f"seeds (--seeds) is {seeds}; train at least one model")
     train_config = TrainConfig(epochs=epochs, minutes=minutes, batch_size=batch_size, learning_rate=learning_rate,
                                energy_weight=energy_weight, forces_weight=forces_weight, seed=seed)
-    out = prepare_output(out, FILES, overwrite=overwrite)
     frames = read_frames(data)
     for label, weight, option in (("energies", energy_weight, "--energy-weight"),
                                   ("forces", forces_weight, "--forces-weight")):
@@ -443,6 +442,7 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
     config = ModelConfig(model, tuple(species), cutoff=cutoff, n_features=features[0],
                          n_interactions=n_interactions, n_rbf=n_rbf, dtype=dtype, lmax=lmax,
                          features_per_l=features if len(features) > 1 else None)
+    out = prepare_output(out, FILES, overwrite=overwrite)
     members = list(range(seed, seed + seeds))
     created = [Potential.create(config, shifts, max(scale, 1e-3), seed=s) for s in members]
     potential = created[0][0]

@@ -63,7 +63,7 @@ def test_explain_writes_tables_that_match_the_engine_and_a_conserving_summary(mo
 @pytest.mark.parametrize("argv, message", [
     (["--frames", "7:9"], "selects no frame of the 4"),
     (["--frames", "a:b"], "is not an index"),
-    (["--order", "4"], "max_order must be between 1 and T + 1 = 2"),
+    (["--order", "4"], "max_order (--order) must be between 1 and T + 1 = 2"),
 ])
 def test_explain_rejects_bad_selections_in_one_line(model_and_data, tmp_path, capsys, argv, message):
     model, data = model_and_data
@@ -194,7 +194,7 @@ def test_loading_a_newer_format_is_a_one_line_error_naming_the_format(argon_expl
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(max_order=4), "max_order must be between 1 and T + 1 = 3"),
+    (dict(max_order=4), "max_order (--order) must be between 1 and T + 1 = 3"),
     (dict(frame_index=[1, 2, 3]), "frame_index has 3 entries for 2 frames"),
     (dict(rules="lrp-nonsense"), "lrp-nonsense"),
 ])

@@ -18,6 +18,7 @@ layers and gives its atomwise output directly.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,10 +84,14 @@ class ModelConfig:
         object.__setattr__(self, "species", tuple(sorted(int(z) for z in self.species)))
         if self.model == "bodyordered" and self.n_interactions >= 1:
             object.__setattr__(self, "n_interactions", 1)
+        checks = (("cutoff", "--cutoff", math.isfinite(self.cutoff) and self.cutoff > 0, "a positive number of Å"),
+                  ("n_features", "--features", self.n_features >= 2, "at least 2"),
+                  ("n_interactions", "--interactions", self.n_interactions >= 1, "at least 1"),
+                  ("n_rbf", "--rbf", self.n_rbf >= 2, "at least 2"))
+        for name, option, ok, need in checks:
+            if not ok:
+                raise ValueError(f"{name} ({option}) is {getattr(self, name)}; it must be {need}")
         self._check_irreps()
-        if self.cutoff <= 0 or self.n_features < 2 or self.n_interactions < 1 or self.n_rbf < 2:
-            raise ValueError(f"invalid hyperparameters {self}: need cutoff > 0 Å, n_features ≥ 2, "
-                             "n_interactions ≥ 1, n_rbf ≥ 2")
 
     def _check_irreps(self) -> None:
         if self.model not in EQUIVARIANT:
@@ -96,6 +101,8 @@ class ModelConfig:
             return
         default_lmax = 1 if self.features_per_l is None else len(self.features_per_l) - 1
         lmax = default_lmax if self.lmax is None else int(self.lmax)
+        if lmax < 0:
+            raise ValueError(f"lmax (--lmax) is {lmax}; it must be 0 or more")
         features = tuple(int(f) for f in (self.features_per_l or (self.n_features,) * (lmax + 1)))
         if lmax < 0 or len(features) != lmax + 1 or min(features) < 1 or features[0] != self.n_features:
             raise ValueError(f"features_per_l {features} must give one multiplicity ≥ 1 per l = 0..lmax "

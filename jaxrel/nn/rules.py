@@ -48,6 +48,7 @@ Under every rule the forward value is unchanged (tested for every model and rule
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -81,8 +82,10 @@ class RuleSet:
         if self.name not in RULE_NAMES:
             raise ValueError(f"unknown rule set {self.name!r}; known: {', '.join(RULE_NAMES)}")
         gammas = self.gamma if isinstance(self.gamma, tuple) else (self.gamma,)
-        if self.epsilon < 0 or min(gammas) < 0:
-            raise ValueError(f"epsilon and gamma must be ≥ 0, got {self.epsilon}, {self.gamma}")
+        if not (self.epsilon >= 0 and math.isfinite(self.epsilon)):
+            raise ValueError(f"epsilon (--epsilon) is {self.epsilon}; LRP-ε needs a finite ε ≥ 0")
+        if not all(g >= 0 and math.isfinite(g) for g in gammas):
+            raise ValueError(f"gamma (--gamma) is {self.gamma}; LRP-γ needs a finite γ ≥ 0")
 
     def at_layer(self, t: int) -> "RuleSet":
         """The rule set with the γ of interaction layer ``t`` (1-based; larger t: last γ)."""

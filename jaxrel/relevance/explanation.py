@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from jaxrel.files import savez, write_json
 from jaxrel.graph import Graph, build_graphs
 from jaxrel.nn import RuleSet, resolve_rules
-from jaxrel.relevance.nbody import nbody_decomposition
+from jaxrel.relevance.nbody import check_max_order, nbody_decomposition
 from jaxrel.relevance.table import COLUMNS, Table, frame_positions
 from jaxrel.version import __version__
 
@@ -317,6 +317,7 @@ def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | s
         raise ValueError(f"the {potential.config.model} model has no message-passing layers for GNN-LRP; "
                          "explain it with its many-body expansion (jaxrel audit, "
                          "jaxrel.relevance.many_body_expansion)")
+    check_max_order(potential, max_order)
     rules = resolve_rules(rules)
     graph, positions, species, cell = _graph_and_geometry(potential, frames)
     n_frames = graph.positions.shape[0]

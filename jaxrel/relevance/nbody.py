@@ -217,6 +217,14 @@ class NBody:
     seconds: float = 0.0
 
 
+def check_max_order(potential, max_order: int) -> None:
+    """ValueError unless 1 ≤ ``max_order`` ≤ T + 1 (walks of T steps visit at most T + 1 atoms)."""
+    T = potential.config.n_interactions
+    if not 1 <= max_order <= T + 1:
+        raise ValueError(f"max_order (--order) must be between 1 and T + 1 = {T + 1} for a model with "
+                         f"{T} interactions, got {max_order}")
+
+
 def nbody_decomposition(potential, params, graph: Graph, max_order: int = 3,
                         rules: RuleSet | str = "gi", chunk_size: int | None = 256,
                         frame: int = 0) -> NBody:
@@ -237,10 +245,7 @@ def nbody_decomposition(potential, params, graph: Graph, max_order: int = 3,
         ValueError: max_order outside 1..T + 1, or a batched graph.
     """
     _require_single_frame(graph)
-    T = potential.config.n_interactions
-    if not 1 <= max_order <= T + 1:
-        raise ValueError(f"max_order must be between 1 and T + 1 = {T + 1} for a model with "
-                         f"{T} interactions, got {max_order}")
+    check_max_order(potential, max_order)
     start = time.perf_counter()
     sets = connected_sets(graph, max_order)
     rows = [np.pad(s, ((0, 0), (0, max_order - n)), constant_values=-1) for n, s in sets.items()]

@@ -77,7 +77,7 @@ def run(work: Path, train: Path, heldout: Path, model: str, seeds: int, minutes:
     metrics = train_potential(train, work, test_data=heldout, model=arch, cutoff=float(np.load(train)["cutoff"]),
                               n_features=features, n_interactions=interactions, minutes=minutes * seeds,
                               batch_size=8, energy_weight=0.5, forces_weight=0.5, species_energies="zero",
-                              seeds=seeds, progress=False)
+                              seeds=seeds, overwrite=True, progress=False)  # an unfinished run is redone
     trained = time.perf_counter() - start
     members = load_models(work if seeds > 1 else work / "model")
     rules = () if arch == "bodyordered" else AUDIT_RULES

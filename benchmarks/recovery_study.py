@@ -58,7 +58,8 @@ def experiment(work: Path, data: Path, heldout: Path, features: int, interaction
     start = time.perf_counter()
     metrics = train_potential(data, work, test_data=heldout, model="schnet", cutoff=float(np.load(data)["cutoff"]),
                               n_features=features, n_interactions=interactions, energy_weight=0.5,
-                              forces_weight=0.5, species_energies="zero", progress=False, **budget)
+                              forces_weight=0.5, species_energies="zero", overwrite=True, progress=False,
+                              **budget)  # an unfinished run (no row.json) is redone
     order = min(3, interactions + 1)
     potential, params, _ = load_checkpoint(work / "model")
     explanation = explain(potential, params, read_frames(heldout), max_order=order, model_path=work / "model",

@@ -311,54 +311,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps (default 1)")
     p.add_argument("--tau", type=float, default=100.0, help="Nosé–Hoover time constant, fs (default 100)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-temperature", type=float,
+                   help="K: a replica hotter than this is unstable (default 10 × --temperature); in nve and "
+                        "nvt-nh only if its conserved energy also moved by more than half the kinetic energy "
+                        "it gained")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True,
                    help="folder for trajectory.extxyz (replica 0; trajectory_r<k>.extxyz for replica k), "
-                        "thermo.csv and stability.json")
+                        "thermo.csv, restart.npz and stability.json, written after every block")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    p.add_argument("--restart", action="store_true",
+                   help="continue the run in --out (interrupted, or finished and given a longer --time) from "
+                        "its last block; every other option must be the run's")
     p.set_defaults(func=_md)
     return parser
 
 
 def _md(args) -> dict:
-    from jaxrel.checkpoint import load_checkpoint
-    from jaxrel.data import read_frames
-    from jaxrel.md import MDConfig, simulate, write_thermo, write_trajectory
-    from jaxrel.stability import stability_report
+    from jaxrel.md import run_md
 
-    potential, params, _ = load_checkpoint(args.model)
-    frames = read_frames(args.data)
-    if not 0 <= args.frame < len(frames):
-        raise ValueError(f"--frame {args.frame} is not a frame of the {len(frames)} in {args.data}; "
-                         f"use 0..{len(frames) - 1}")
-    if args.replicas < 1:
-        raise ValueError(f"--replicas is {args.replicas}; run at least 1")
-    if not (args.time > 0 and args.dt > 0):
-        raise ValueError(f"--time is {args.time} ps and --dt is {args.dt} fs; both must be positive")
-    n_steps = round(args.time * 1000 / args.dt)
-    if n_steps < 1:
-        raise ValueError(f"--time {args.time} ps is shorter than one --dt {args.dt} fs step; "
-                         "simulate longer or use a smaller step")
-    config = MDConfig(args.ensemble, dt_fs=args.dt, temperature_K=args.temperature, n_steps=n_steps,
-                      log_every=args.log_every, friction_per_ps=args.friction, tau_fs=args.tau,
-                      seed=args.seed)
-    cell = frames.cell if frames.cell is None or frames.cell.ndim == 2 else frames.cell[args.frame]
-    start = np.broadcast_to(frames.positions[args.frame], (args.replicas, *frames.positions.shape[1:]))
-    traj = simulate(potential, params, start, frames.species, cell=cell, config=config,
-                    progress=not args.quiet)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for r in range(args.replicas):
-        write_trajectory(traj, out / ("trajectory.extxyz" if r == 0 else f"trajectory_r{r}.extxyz"), replica=r)
-    write_thermo(traj, out / "thermo.csv")
-    report = stability_report(traj, frames.positions, frames.species, cell, molecule=cell is None,
-                              ensemble=args.ensemble)
-    report |= {"n_reallocations": traj.n_reallocations, "model": str(args.model), "data": str(args.data),
-               "frame": args.frame, "config": vars(config) | {"n_replicas": args.replicas},
-               "units": {"time": "ps", "dt": "fs", "temperature": "K", "energy": "eV"}}
-    (out / "stability.json").write_text(json.dumps(report, indent=2))
-    return {"out": str(out), "stable": report["stable"],
-            "time_to_instability_ps": report["time_to_instability_ps"],
-            "simulated_time_ps": report["simulated_time_ps"], "steps_per_second": report["steps_per_second"]}
+    return run_md(args.model, args.data, args.out, frame=args.frame, ensemble=args.ensemble,
+                  temperature_K=args.temperature, dt_fs=args.dt, time_ps=args.time, replicas=args.replicas,
+                  log_every=args.log_every, friction_per_ps=args.friction, tau_fs=args.tau, seed=args.seed,
+                  max_temperature_K=args.max_temperature, overwrite=args.overwrite, restart=args.restart,
+                  progress=not args.quiet)
+
+
+def _float64(args) -> bool:
+    """Whether the command trains or loads a float64 model (JAX must then run in x64)."""
+    if getattr(args, "dtype", None) == "float64":
+        return True
+    model = Path(getattr(args, "model", None) or "")
+    if model.name == "" or not model.is_dir():
+        return False
+    config = model / "config.json"
+    if (model / "ensemble.json").is_file():
+        try:
+            config = model / json.loads((model / "ensemble.json").read_text())["members"][0] / "config.json"
+        except (ValueError, KeyError, IndexError, TypeError, OSError):
+            return False      # the command itself reports the corrupt ensemble
+    try:
+        return json.loads(config.read_text())["model"]["dtype"] == "float64"
+    except (ValueError, KeyError, TypeError, OSError):
+        return False          # the command itself reports the missing or corrupt checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     # jax_md asks for float64 sums in float32 runs; jax truncates them to float32 as intended.
     warnings.filterwarnings("ignore", message="Explicitly requested dtype float64", category=UserWarning)
     args = build_parser().parse_args(argv)
+    if _float64(args):
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
     try:
         result = args.func(args)
     except (ValueError, OSError, FloatingPointError) as err:

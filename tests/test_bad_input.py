@@ -349,3 +349,13 @@ def test_json_files_are_strict_with_null_for_undefined_values(tmp_path):
     path = write_json(tmp_path / "m.json", {"mae": float("nan"), "rmse": [np.inf, np.float32(1.5)], (1, 8): None})
     assert json.loads(path.read_text(), parse_constant=_no_nan) == {"mae": None, "rmse": [None, 1.5], "1-8": None}
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_float64_model_is_refused_while_jax_runs_in_float32_instead_of_silently_becoming_float32():
+    import jax
+
+    from jaxrel.models import ModelConfig, Potential
+
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match="the model is float64 but JAX runs in float32"):
+            Potential.create(ModelConfig("schnet", (1, 8), n_features=8, n_interactions=1, dtype="float64"))

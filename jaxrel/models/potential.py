@@ -229,7 +229,13 @@ class Potential:
             species_energies: per-species energy shifts e_Z, eV (missing species: 0).
             energy_scale: scale of the network output, eV.
             seed: PRNG seed of the initialisation.
+        Raises:
+            ValueError: a float64 config while JAX runs in float32 (the params would silently
+                be float32).
         """
+        if config.dtype == "float64" and not jax.config.read("jax_enable_x64"):
+            raise ValueError("the model is float64 but JAX runs in float32; set JAX_ENABLE_X64=1 or call "
+                             "jax.config.update('jax_enable_x64', True) first (the jaxrel command does so itself)")
         model = EnergyModel(config, species_energies, energy_scale, rngs=nnx.Rngs(seed))
         graphdef, params = nnx.split(model)
         return cls(config, graphdef), params

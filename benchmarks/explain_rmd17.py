@@ -33,6 +33,7 @@ from jaxrel.analysis import build_report  # noqa: E402
 from jaxrel.checkpoint import load_checkpoint  # noqa: E402
 from jaxrel.cli import _frame_range  # noqa: E402
 from jaxrel.data.readers import read_frames  # noqa: E402
+from jaxrel.files import write_json  # noqa: E402
 from jaxrel.stability import bonds_from_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def main() -> None:
             print(json.dumps({f"{model}/{rule}": result["runs"][f"{model}/{rule}"]["abs_share"]}), flush=True)
     path = ROOT / "benchmarks" / "results" / f"explain_rmd17_{args.molecule}_{result['machine']['backend']}.json"
     result = keep_earlier(path, result, "runs", ("data", "frames"))
-    path.write_text(json.dumps(result, indent=2))
+    write_json(path, result)
     print(f"wrote {path}")
 
 

@@ -42,10 +42,10 @@ from train_rmd17 import machine  # noqa: E402
 
 from jaxrel.analysis.faithfulness import AUDIT_RULES, run_audit, run_ensemble_audit  # noqa: E402
 from jaxrel.analysis.recovery import load_ground_truth  # noqa: E402
-from jaxrel.files import jsonable  # noqa: E402
 from jaxrel.checkpoint import load_models  # noqa: E402
 from jaxrel.data import read_frames  # noqa: E402
 from jaxrel.data.noble_gas import generate_noble_gas, save_noble_gas  # noqa: E402
+from jaxrel.files import jsonable, write_json  # noqa: E402
 from jaxrel.train import train_potential  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def run(work: Path, train: Path, heldout: Path, model: str, seeds: int, minutes:
            "audit_seconds": round(time.perf_counter() - start - trained, 1),
            "versus_exact": summary["versus_exact"], "seed_scores": summary.get("seeds"),
            "agreement": summary["agreement"], "verdict": audit.verdict}
-    cached.write_text(json.dumps(row))
+    write_json(cached, row)
     return row
 
 
@@ -180,7 +180,7 @@ def main() -> None:
             print(json.dumps({f"{liquid} {model}": result["aggregate"][liquid][model]}), flush=True)
     plot(result, results / "faithfulness_study" / "three_body_totals.png")
     path = results / f"faithfulness_study_{result['machine']['backend']}.json"
-    path.write_text(json.dumps(result, indent=2))
+    write_json(path, result)
     print(f"wrote {path}")
 
 

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_rmd17 import machine  # noqa: E402
 
 from jaxrel.data.noble_gas import generate_noble_gas  # noqa: E402
+from jaxrel.files import write_json  # noqa: E402
 from jaxrel.graph import build_graphs  # noqa: E402
 from jaxrel.models import ModelConfig, Potential  # noqa: E402
 from jaxrel.relevance import connected_sets, many_body_expansion, nbody_decomposition  # noqa: E402
@@ -78,7 +79,7 @@ def main() -> None:
                          "mbe_over_energy_and_forces": seconds["mbe_order3"] / seconds["energy_and_forces"]},
               "goal_seconds": 2.0}
     path = Path(args.out) / f"mbe_speed_{result['machine']['backend']}.json"
-    path.write_text(json.dumps(result, indent=2))
+    write_json(path, result)
     print(json.dumps(result["seconds"] | result["ratios"] | {"connected_sets": result["connected_sets"]}, indent=1))
     print(f"wrote {path}")
 

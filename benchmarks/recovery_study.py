@@ -38,10 +38,10 @@ from train_rmd17 import machine  # noqa: E402
 
 from jaxrel import explain  # noqa: E402
 from jaxrel.analysis import build_report  # noqa: E402
-from jaxrel.files import jsonable  # noqa: E402
 from jaxrel.checkpoint import load_checkpoint  # noqa: E402
 from jaxrel.data import read_frames  # noqa: E402
 from jaxrel.data.noble_gas import generate_noble_gas, save_noble_gas  # noqa: E402
+from jaxrel.files import jsonable, write_json  # noqa: E402
 from jaxrel.train import train_potential  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def experiment(work: Path, data: Path, heldout: Path, features: int, interaction
            "atomwise_vs_local": recovery["atomwise"],
            "pairs": recovery["pairs"],
            "triplets": recovery.get("triplets"), "seconds": round(time.perf_counter() - start, 1)}
-    cached.write_text(json.dumps(row))
+    write_json(cached, row)
     return row
 
 
@@ -128,7 +128,7 @@ def main() -> None:
             print(json.dumps({f"{arm}: F{features}xT{interactions}": row["atomwise_vs_local"]}), flush=True)
     plot_sizes(result["model_size"], figures / "model_size_atomwise.png")
     path = results / f"recovery_study_{result['machine']['backend']}.json"
-    path.write_text(json.dumps(result, indent=2))
+    write_json(path, result)
     print(f"wrote {path}")
 
 

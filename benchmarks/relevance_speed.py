@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrel.files import write_json
 from jaxrel.graph import build_graphs
 from jaxrel.models import ModelConfig, Potential
 from jaxrel.nn import RULES
@@ -212,7 +213,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"relevance_speed_{jax.default_backend()}.json"
-    path.write_text(json.dumps(result, indent=2))
+    write_json(path, result)
     print(f"wrote {path}")
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import jax
 
 from jaxrel.cli import main as jaxrel_main
+from jaxrel.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 # Published force MAEs on rMD17 ethanol, 1000 training frames (meV/Å): PaiNN and SchNet as
@@ -85,7 +86,7 @@ def main() -> None:
                       ["--minutes", str(args.minutes), "--models", model, "--molecule", args.molecule]),
                   "jaxrel_train_argv": argv, "machine": machine(), **metrics}
         path = out / f"train_rmd17_{args.molecule}_{model}_{result['machine']['backend']}.json"
-        path.write_text(json.dumps(result, indent=2))
+        write_json(path, result)
         print(f"wrote {path}")
 
 

@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--frames", type=int, default=100)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--temperature", type=float, help="K (default: near the triple point)")
-    g.add_argument("--cutoff", type=float, help="Å (default 2.5 σ)")
+    g.add_argument("--cutoff", type=float, help="Å (default 2.1 σ)")
     g.add_argument("--no-three-body", action="store_true", help="switch the ATM term off (null test)")
     g.add_argument("--quiet", action="store_true")
     g.add_argument("--out", required=True, help="output .npz")

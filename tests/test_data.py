@@ -206,16 +206,215 @@ def test_non_finite_position_names_frame_and_atom(tmp_path):
         read_frames(path)
 
 
+def write_rmd17(path, **overrides):
+    """A tiny rMD17-layout npz (water, 4 frames, kcal/mol) with ``overrides`` replacing keys."""
+    rng = np.random.default_rng(4)
+    arrays = dict(nuclear_charges=np.array([8, 1, 1], np.uint8),
+                  coords=rng.uniform(-2, 2, (4, 3, 3)), energies=rng.normal(size=4),
+                  forces=rng.normal(size=(4, 3, 3)))
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+    return path
+
+
+def with_entry(shape, index, value):
+    """Random array of ``shape`` with ``value`` at ``index``."""
+    a = np.random.default_rng(5).normal(size=shape)
+    a[index] = value
+    return a
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("energies", with_entry(4, 2, np.nan), r"frame 2 has a non-finite energy nan eV"),
+    ("energies", with_entry(4, 0, -np.inf), r"frame 0 has a non-finite energy -inf eV"),
+    ("forces", with_entry((4, 3, 3), (1, 2, 0), np.inf),
+     r"frame 1, atom 2 has a non-finite force \[inf, "),
+    ("forces", with_entry((4, 3, 3), (3, 0, 2), np.nan), r"frame 3, atom 0 has a non-finite force")])
+def test_non_finite_label_names_the_frame_and_atom(tmp_path, key, value, message):
+    path = write_rmd17(tmp_path / "labels.npz", **{key: value})
+    with pytest.raises(ValueError, match=r"labels.npz \(rmd17\): " + message):
+        read_frames(path)
+
+
+def damaged(path: Path, kind: str) -> Path:
+    """A copy of the npz ``path`` damaged in the way ``kind`` names."""
+    raw = path.read_bytes()
+    out = path.with_name(f"{kind}.npz")
+    if kind == "first_half":
+        out.write_bytes(raw[:len(raw) // 2])
+    elif kind == "random_bytes":
+        out.write_bytes(np.random.default_rng(6).bytes(len(raw)))
+    elif kind == "text":
+        out.write_text("nuclear_charges coords energies forces\n8 1 1\n")
+    elif kind == "bare_npy":
+        np.save(out.with_suffix(".npy"), np.zeros((4, 3, 3)))
+        out.with_suffix(".npy").rename(out)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["first_half", "random_bytes", "text"])
+def test_truncated_corrupt_or_foreign_npz_is_one_value_error(tmp_path, kind):
+    path = damaged(write_rmd17(tmp_path / "water.npz"), kind)
+    with pytest.raises(ValueError, match=f"{kind}.npz is not an npz archive numpy can open .*np.savez$"):
+        read_frames(path)
+
+
+def test_bare_npy_named_npz_asks_for_an_archive(tmp_path):
+    path = damaged(write_rmd17(tmp_path / "water.npz"), "bare_npy")
+    with pytest.raises(ValueError, match="bare_npy.npz holds one bare .npy array, not an .npz"):
+        read_frames(path)
+
+
+def test_npz_with_a_damaged_array_names_the_key(tmp_path):
+    coords = np.random.default_rng(7).uniform(-2, 2, (4, 3, 3))
+    path = write_rmd17(tmp_path / "water.npz", coords=coords)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(coords.tobytes()) + 40
+    raw[at] ^= 0xFF  # flip one byte of the stored coordinates: the member's CRC no longer matches
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"water.npz \(rmd17\): the array 'coords' cannot be "
+                                         r"read \(Bad CRC-32"):
+        read_frames(path)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("energies", np.array(["a", "b", "c", "d"]), "the array 'energies' holds <U1 values; "
+                                                  "store it as numbers$"),
+    ("energies", np.array([1.0, None, 2.0, 3.0], dtype=object),
+     "the array 'energies' cannot be read \\(Object arrays"),
+    ("nuclear_charges", np.array([8 + 0j, 1, 1]), "'nuclear_charges' holds complex128 values; "
+                                                  "store it as numbers or element symbols")])
+def test_npz_array_that_is_not_numbers_names_the_key(tmp_path, key, value, message):
+    path = write_rmd17(tmp_path / "typed.npz", **{key: value})
+    with pytest.raises(ValueError, match=message):
+        read_frames(path)
+
+
+def test_folder_given_as_data_raises(tmp_path):
+    with pytest.raises(ValueError, match=f"{tmp_path} is a folder; give the path of a data file"):
+        read_frames(tmp_path)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("junk.xyz", "not an xyz file\n1 2 3\n",
+     r"junk.xyz \(ase\) cannot be read by ase \(XYZError: .*\); check that the file is complete"),
+    ("binary.extxyz", bytes(range(256)),
+     r"binary.extxyz \(ase\) cannot be read by ase \(UnicodeDecodeError: "),
+    ("data.foo", "1 2 3\n", "data.foo is of a kind neither jaxrel nor ase recognises"),
+    ("blank.extxyz", "\n\n", r"blank.extxyz \(ase\) holds no frames"),
+    ("atomless.extxyz", "0\n\n", r"atomless.extxyz \(ase\) has no atoms")])
+def test_file_ase_cannot_read_gives_one_sentence(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=message):
+        read_frames(path)
+
+
+def test_truncated_extxyz_and_unknown_format_name_the_file_or_format(tmp_path):
+    path = tmp_path / "water.extxyz"
+    ase.io.write(path, [ase.Atoms("OH2", positions=np.eye(3))] * 3)
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(ValueError, match=r"water.extxyz \(ase\) cannot be read by ase"):
+        read_frames(path)
+    with pytest.raises(ValueError, match="format 'xyzz' is neither an npz layout"):
+        read_frames(write_rmd17(tmp_path / "water.npz"), format="xyzz")
+
+
+@pytest.mark.parametrize("species", [np.array(["O", "H", "H"]), np.array([b"O", b"H", b"H"]),
+                                     np.array([8.0, 1.0, 1.0])])
+def test_species_as_element_symbols_or_integral_floats_become_atomic_numbers(tmp_path, species):
+    frames = read_frames(write_rmd17(tmp_path / "symbols.npz", nuclear_charges=species))
+    assert frames.species.dtype == np.int32
+    np.testing.assert_array_equal(frames.species, [8, 1, 1])
+    write_noble_gas(tmp_path / "argon.npz", species=np.array(["Ar"] * 5))
+    np.testing.assert_array_equal(read_frames(tmp_path / "argon.npz").species, [18] * 5)
+
+
+@pytest.mark.parametrize("species, message", [
+    (["O", "Xx", "H"], "atom 1 has species 'Xx', which is not an element symbol"),
+    (["O", "H", "X"], "atom 2 has species 'X', which is not an element symbol"),
+    ([8.0, 1.5, 1.0], "atom 1 has species 1.5, which is not an integer ≥ 1"),
+    ([8, 0, 1], "atom 1 has species 0, which is not an integer ≥ 1"),
+    ([8, 1, -6], "atom 2 has species -6, which is not an integer ≥ 1"),
+    ([np.nan, 1, 1], "atom 0 has species nan, which is not an integer ≥ 1")])
+def test_bad_species_names_the_atom(tmp_path, species, message):
+    path = write_rmd17(tmp_path / "species.npz", nuclear_charges=np.array(species))
+    with pytest.raises(ValueError, match=r"species.npz \(rmd17\): " + message):
+        read_frames(path)
+
+
+def test_zero_atoms_raises(tmp_path):
+    path = write_rmd17(tmp_path / "atomless.npz", nuclear_charges=np.zeros(0, np.uint8),
+                       coords=np.zeros((4, 0, 3)), forces=np.zeros((4, 0, 3)))
+    with pytest.raises(ValueError, match=r"atomless.npz \(rmd17\) has no atoms \(positions "
+                                         r"have shape \(4, 0, 3\)\)"):
+        read_frames(path)
+
+
+def per_frame_cells(frame, value):
+    cells = np.stack([10.0 * np.eye(3)] * 4)
+    cells[frame] = value
+    return cells
+
+
+@pytest.mark.parametrize("cell, message", [
+    (np.zeros((3, 3)), r"cell \[\[0.0, 0.0, 0.0\].* has volume 0 Å³"),
+    (np.array([[10.0, 0, 0], [20.0, 0, 0], [0, 0, 10.0]]), "cell .* has volume 0 Å³; pass "
+                                                          "three linearly independent"),
+    (np.diag([10.0, np.nan, 10.0]), "cell .* holds NaN or inf"),
+    (per_frame_cells(2, 0.0), "cell of frame 2 .* has volume 0 Å³"),
+    (per_frame_cells(1, np.inf), "cell of frame 1 .* holds NaN or inf")])
+def test_degenerate_or_non_finite_cell_names_the_frame(tmp_path, cell, message):
+    write_noble_gas(tmp_path / "cell.npz", cell=cell)
+    with pytest.raises(ValueError, match=r"cell.npz \(noble_gas\): " + message):
+        read_frames(tmp_path / "cell.npz")
+
+
+def test_water_cells_of_wrong_shape_or_nan_raise(tmp_path):
+    rng = np.random.default_rng(8)
+    arrays = dict(atomic_numbers=np.array([8, 1, 1]), coords=rng.normal(size=(4, 3, 3)),
+                  energies=np.zeros(4), forces=np.zeros((4, 3, 3)))
+    np.savez(tmp_path / "flat.npz", cells=np.full((4, 3), 12.0), **arrays)
+    with pytest.raises(ValueError, match=r"cell has shape \(4, 3\); give one \(3, 3\) cell"):
+        read_frames(tmp_path / "flat.npz")
+    np.savez(tmp_path / "nan.npz", cells=np.full((4, 3, 3), np.nan), **arrays)
+    with pytest.raises(ValueError, match="cell of frame 0 .* holds NaN or inf"):
+        read_frames(tmp_path / "nan.npz")
+
+
+def test_extxyz_with_zero_cell_or_partial_periodicity_raises(tmp_path):
+    path = tmp_path / "zero_cell.extxyz"
+    ase.io.write(path, [ase.Atoms("OH2", positions=np.eye(3), cell=np.zeros((3, 3)), pbc=True)])
+    with pytest.raises(ValueError, match=r"zero_cell.extxyz \(ase\): cell .* has volume 0"):
+        read_frames(path)
+    path = tmp_path / "slab.extxyz"
+    ase.io.write(path, [ase.Atoms("OH2", positions=np.eye(3), cell=10 * np.eye(3),
+                                  pbc=[True, True, k == 0]) for k in range(2)])
+    with pytest.raises(ValueError, match=r"frame 1 has pbc \[True, True, False\] but jaxrel needs"):
+        read_frames(path)
+
+
+def test_cg_box_of_wrong_shape_or_bad_bead_types_raise(tmp_path):
+    coords = np.random.default_rng(9).uniform(0, 10, (2, 2, 3))
+    np.savez(tmp_path / "square.npz", types=np.array([0, 0]), coords=coords, box=10 * np.eye(3))
+    with pytest.raises(ValueError, match=r"box has shape \(3, 3\); give the orthorhombic box"):
+        read_frames(tmp_path / "square.npz")
+    for types, shown in (([0, -1], "-1"), ([0.5, 0], "0.5")):
+        np.savez(tmp_path / "types.npz", types=np.array(types), coords=coords, box=np.full(3, 10.0))
+        with pytest.raises(ValueError, match=f"has type {shown}, which is not an integer ≥ 0"):
+            read_frames(tmp_path / "types.npz")
+
+
 def test_select_slices_per_frame_arrays_and_keeps_shared_ones():
     frames = frames_of([1, 8, 1], np.arange(5.0))
     periodic = Frames(frames.species, frames.positions, frames.energies, frames.positions,
-                      cell=np.arange(5)[:, None, None] * np.eye(3), source="per-frame cells")
+                      cell=np.arange(1, 6)[:, None, None] * np.eye(3), source="per-frame cells")
     for index in (slice(1, 3), np.array([1, 2]), np.array([False, True, True, False, False])):
         picked = periodic.select(index)
         np.testing.assert_array_equal(picked.energies, [1.0, 2.0])
         np.testing.assert_array_equal(picked.positions, frames.positions[1:3])
         np.testing.assert_array_equal(picked.forces, frames.positions[1:3])
-        np.testing.assert_array_equal(picked.cell, [np.eye(3), 2 * np.eye(3)])
+        np.testing.assert_array_equal(picked.cell, [2 * np.eye(3), 3 * np.eye(3)])
         np.testing.assert_array_equal(picked.species, frames.species)
     assert len(frames.select(4)) == 1 and frames.select(4).energies[0] == 4.0
 

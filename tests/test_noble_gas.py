@@ -1,5 +1,7 @@
 """Tests of the noble-gas ground-truth generator (jaxrel.data.noble_gas), in float64."""
 
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -284,3 +286,67 @@ def test_save_writes_every_array_unchanged(argon, tmp_path):
         assert set(saved.files) == KEYS
         for key in KEYS:
             np.testing.assert_array_equal(saved[key], argon[key], err_msg=key)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(temperature=-5.0), "--temperature -5.0 K must be a positive number; leave it out for "
+                             "the liquid state point"),
+    (dict(temperature=0.0), "--temperature 0.0 K must be a positive number"),
+    (dict(temperature=float("nan")), "--temperature nan K must be a positive number"),
+    (dict(n_frames=0), "--frames 0 must be an integer ≥ 1"),
+    (dict(n_atoms=-3), "--atoms -3 must be an integer ≥ 1"),
+    (dict(n_atoms=64.5), "--atoms 64.5 must be an integer ≥ 1"),
+    (dict(seed=-1), "--seed -1 must be an integer ≥ 0"),
+    (dict(cutoff=-1.0), "--cutoff -1.0 Å must be a positive number"),
+    (dict(cutoff=0.0), "--cutoff 0.0 Å must be a positive number"),
+    (dict(dt_fs=0.0), "dt_fs 0.0 fs must be a positive number"),
+    (dict(steps_between_frames=0), "steps_between_frames 0 must be an integer ≥ 1"),
+    (dict(equilibration_steps=-1), "equilibration_steps -1 must be an integer ≥ 0")])
+def test_settings_that_cannot_give_finite_data_are_refused_up_front(settings, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        ng.generate_noble_gas("Ar", **settings)
+
+
+def test_sampled_trajectory_that_blew_up_is_refused(monkeypatch):
+    def blowing_up_md(*setup):
+        """Stand-in for ng._md whose dynamics send atom 3 to NaN (no compilation)."""
+        neighbor = SimpleNamespace(did_buffer_overflow=False)
+
+        def init(key, x, mass, neighbor, species):
+            return SimpleNamespace(position=x, momentum=jnp.zeros_like(x), mass=mass[:, None])
+
+        def advance(state, neighbor, species, n_steps):
+            return SimpleNamespace(position=state.position.at[3, 0].set(jnp.nan),
+                                   momentum=state.momentum, mass=state.mass), neighbor
+
+        return SimpleNamespace(allocate=lambda x, **_: neighbor), init, advance
+
+    monkeypatch.setattr(ng, "_md", blowing_up_md)
+    with pytest.raises(FloatingPointError, match="the generated positions of frame 0 are not "
+                                                 "finite .*; lower --temperature"):
+        ng.sample_noble_gas("Ar", n_atoms=32, cutoff=5.5, n_frames=2, equilibration_steps=0)
+
+
+def test_generated_labels_that_are_not_finite_are_refused(monkeypatch):
+    x = np.zeros((2, 2, 3))
+    x[:, 1, 0] = 4.0
+    traj = ng.NobleGasTrajectory(positions=x, velocities=np.zeros_like(x),
+                                 species=np.array([AR, AR], np.int32), cell=20.0 * np.eye(3),
+                                 kinetic_temperature_K=np.zeros(2), temperature_K=94.4, cutoff=5.0)
+    forces = np.zeros_like(x)
+    forces[1, 0, 2] = np.nan
+    monkeypatch.setattr(ng, "sample_noble_gas", lambda *args: traj)
+    monkeypatch.setattr(ng, "_label", lambda *args: {"energies": np.zeros(2), "forces": forces,
+                                                     "local_energies": np.zeros((2, 2))})
+    with pytest.raises(FloatingPointError, match="the generated forces of frame 1 are not finite"):
+        ng.generate_noble_gas("Ar", n_atoms=2, n_frames=2)
+
+
+@pytest.mark.parametrize("atom, position, message", [
+    (1, [4.0, np.nan, 1.0], "frame 0, atom 1 has a non-finite position"),
+    (2, [1.0, 1.0, 1.0], "atoms 0 and 2 are 0 Å apart, closer than 0.1 Å")])
+def test_decompose_refuses_non_finite_or_coincident_positions(atom, position, message):
+    x = np.array([[1.0, 1.0, 1.0], [5.0, 1.0, 1.0], [1.0, 5.0, 1.0]])
+    x[atom] = position
+    with pytest.raises(ValueError, match=message):
+        ng.decompose(x, np.array([AR, AR, KR]), 20.0 * np.eye(3), 5.0)

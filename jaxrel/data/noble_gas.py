@@ -58,6 +58,7 @@ caller's precision: call them under ``jax.enable_x64(True)`` for float64.
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -67,6 +68,7 @@ from jax_md import partition, simulate, space
 from tqdm import tqdm
 
 from jaxrel.geometry import check_cell, minimum_image
+from jaxrel.graph import check_positions
 from jaxrel.nn.functional import safe_norm
 
 BOLTZMANN_EV_K = 8.617333262e-5
@@ -369,8 +371,9 @@ def decompose(positions, species, cell, cutoff, three_body=True) -> dict:
             triplet_energy  (M,)     eV
 
     Raises:
-        ValueError: unknown species, mismatched shapes, a non-orthorhombic cell, or a
-            cell narrower than twice the cutoff.
+        ValueError: unknown species, mismatched shapes, a non-orthorhombic cell, a cell
+            narrower than twice the cutoff, a non-finite position or two atoms closer
+            than 0.1 Å (where the Lennard-Jones energy overflows).
     """
     z = _check_species(species)
     x = np.asarray(positions, dtype=np.float64)
@@ -382,12 +385,49 @@ def decompose(positions, species, cell, cutoff, three_body=True) -> dict:
         raise ValueError(f"cell must be a diagonal (3, 3) array (orthorhombic box), got\n{cell}")
     box = np.diag(cell).copy()
     _check_box(box, float(cutoff), z.size)
+    check_positions(x, min_distance=0.1, cell=cell)
     out = _label(x[None], z, box, float(cutoff), three_body)
     frame = {"energy": out["energies"][0], "forces": out["forces"][0],
              "local_energies": out["local_energies"][0]}
     frame.update({k: out[k] for k in ("pair_atoms", "pair_distance", "pair_energy",
                                       "triplet_atoms", "triplet_sides", "triplet_energy")})
     return frame
+
+
+def _check_settings(n_atoms, n_frames, seed, temperature, cutoff, dt_fs, steps_between_frames,
+                    equilibration_steps) -> None:
+    """ValueError naming the first run setting that cannot give a finite data set.
+
+    Settings that ``jaxrel generate noble-gas`` exposes are named by their option.
+    """
+    counts = {"--atoms": (n_atoms, 1), "--frames": (n_frames, 1), "--seed": (seed, 0),
+              "steps_between_frames": (steps_between_frames, 1),
+              "equilibration_steps": (equilibration_steps, 0)}
+    for name, (value, least) in counts.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise ValueError(f"{name} {value} must be an integer ≥ {least}")
+    argon = NOBLE_GASES["Ar"]
+    amounts = {
+        "--temperature": (temperature, "K", "leave it out for the liquid state point "
+                          f"({REDUCED_TEMPERATURE * argon['epsilon_eV'] / BOLTZMANN_EV_K:.1f} K "
+                          "for argon)"),
+        "--cutoff": (cutoff, "Å", f"leave it out for {DEFAULT_CUTOFF_SIGMA} σ "
+                     f"({DEFAULT_CUTOFF_SIGMA * argon['sigma_A']:.2f} Å for argon)"),
+        "dt_fs": (dt_fs, "fs", "the default is 10 fs")}
+    for name, (value, unit, hint) in amounts.items():
+        if value is not None and not (isinstance(value, numbers.Real) and np.isfinite(value)
+                                      and value > 0):
+            raise ValueError(f"{name} {value} {unit} must be a positive number; {hint}")
+
+
+def _check_finite(arrays: dict) -> None:
+    """FloatingPointError naming the first frame (leading axis) where an array is not finite."""
+    for name, value in arrays.items():
+        bad = ~np.isfinite(np.reshape(value, (len(value), -1))).all(axis=1)
+        if bad.any():
+            raise FloatingPointError(f"the generated {name} of frame {np.argmax(bad)} are not "
+                                     "finite (the MD became unstable); lower --temperature or "
+                                     "the time step dt_fs")
 
 
 def _one_fluid(z: np.ndarray) -> tuple[float, float]:
@@ -501,8 +541,15 @@ def sample_noble_gas(species="Ar", n_atoms=64, n_frames=50, seed=0, temperature=
         A :class:`NobleGasTrajectory`.
 
     Raises:
-        ValueError: unknown ``species`` or a box narrower than twice the cutoff.
+        ValueError: unknown ``species``; a count (``n_atoms``, ``n_frames``,
+            ``steps_between_frames``) below 1, or ``seed`` or ``equilibration_steps``
+            below 0; a ``temperature``, ``cutoff`` or ``dt_fs`` that is not a positive
+            number; or a box narrower than twice the cutoff. Messages name the
+            ``jaxrel generate noble-gas`` option (``--temperature``, ...) where there is one.
+        FloatingPointError: the MD produced a non-finite position or velocity.
     """
+    _check_settings(n_atoms, n_frames, seed, temperature, cutoff, dt_fs, steps_between_frames,
+                    equilibration_steps)
     rng = np.random.default_rng(seed)
     z = _elements(species, n_atoms, rng)
     epsilon_x, sigma_x = _one_fluid(z)
@@ -538,6 +585,7 @@ def sample_noble_gas(species="Ar", n_atoms=64, n_frames=50, seed=0, temperature=
                 positions.append(np.asarray(state.position))
                 velocities.append(np.asarray(state.momentum / state.mass) / TIME_UNIT_FS)
     positions, velocities = np.stack(positions), np.stack(velocities)
+    _check_finite({"positions": positions, "velocities": velocities})
     kinetic = np.sum(mass[:, None] * (velocities * TIME_UNIT_FS) ** 2, axis=(1, 2))
     return NobleGasTrajectory(positions=positions, velocities=velocities, species=z,
                               cell=np.eye(3) * side,
@@ -575,13 +623,17 @@ def generate_noble_gas(species="Ar", n_atoms=64, n_frames=50, seed=0, temperatur
             seed            ()         int64
 
     Raises:
-        ValueError: unknown ``species`` or a box narrower than twice the cutoff
-            (use more atoms or a smaller cutoff).
+        ValueError: as :func:`sample_noble_gas`, e.g. a ``temperature`` that is not
+            positive or a box narrower than twice the cutoff (use more atoms or a smaller
+            cutoff).
+        FloatingPointError: a position, velocity, energy, force or local energy of the
+            result is not finite (the message names the frame).
     """
     traj = sample_noble_gas(species, n_atoms, n_frames, seed, temperature, cutoff, three_body,
                             dt_fs, steps_between_frames, equilibration_steps, progress)
     out = _label(traj.positions, traj.species, np.diag(traj.cell).copy(), traj.cutoff,
                  three_body)
+    _check_finite({key: out[key] for key in ("energies", "forces", "local_energies")})
     return {"species": traj.species, "coords": traj.positions, "energies": out["energies"],
             "forces": out["forces"], "cell": traj.cell, "local_energies": out["local_energies"],
             "pair_frame": out["pair_frame"], "pair_atoms": out["pair_atoms"],

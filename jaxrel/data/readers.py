@@ -19,16 +19,24 @@ format         ``.npz`` keys it recognises                  conversion
 Any other file goes to ``ase.io.read(path, index=":")`` (extxyz, xyz, traj, ...).
 
 Coarse-grained bead types start at 0, but species 0 marks padded atoms in
-:mod:`jaxrel.graph`, so beads get the positive species id ``type + 1``.
+:mod:`jaxrel.graph`, so beads get the positive species id ``type + 1``. Species may also
+be stored as element symbols (``'O'``, ``'H'``), which become atomic numbers.
+
+Every bad input raises ``ValueError`` (``FileNotFoundError`` for a missing path) with one
+sentence that names the file, frame, atom or key and the fix; nothing is read as NaN.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
+import zlib
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from jaxrel.geometry import check_cell
 from jaxrel.graph import check_positions
 
 # 1 kcal/mol in eV: 4184 J / (N_A · e) with the exact SI values of N_A and e
@@ -41,6 +49,15 @@ NPZ_FORMATS = {
     "cg": "types, coords, box or cell, forces (optional)",
     "noble_gas": "species, coords, energies, forces, cell",
 }
+
+SPECIES_KEYS = ("nuclear_charges", "atomic_numbers", "species")
+"""npz keys that may hold element symbols instead of atomic numbers."""
+
+_NPZ_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, pickle.UnpicklingError,
+               zlib.error)
+"""What ``np.load`` and reading an npz member raise on a truncated, corrupt or foreign file."""
+
+_INT32_MAX = np.iinfo(np.int32).max
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,11 +74,16 @@ class Frames:
                                                     None = free space
         source     str                              | path and format, for messages
 
-    Arrays are converted to these dtypes on construction.
+    Arrays are converted to these dtypes on construction; species given as element
+    symbols (``'O'``, ``'H'``) become atomic numbers. Zero frames are allowed (an empty
+    selection); zero atoms are not.
 
     Raises:
         ValueError: when the shapes of positions, species, energies, forces or cell
-            disagree, or a position is not finite (the message names frame and atom).
+            disagree, there are no atoms, a species is not a positive integer or element
+            symbol, a position, energy or force is not finite, or a cell is not finite or
+            degenerate (:func:`jaxrel.geometry.check_cell`); the message names the frame
+            and atom.
     """
 
     species: np.ndarray
@@ -72,30 +94,43 @@ class Frames:
     source: str
 
     def __post_init__(self):
-        def set_(name, value, dtype):
-            object.__setattr__(self, name, None if value is None else np.asarray(value, dtype))
-
-        set_("species", self.species, np.int32)
         for name in ("positions", "energies", "forces", "cell"):
-            set_(name, getattr(self, name), np.float64)
+            value = getattr(self, name)
+            object.__setattr__(self, name, None if value is None else np.asarray(value, np.float64))
         pos = self.positions
         if pos.ndim != 3 or pos.shape[-1] != 3:
             raise ValueError(f"{self.source}: positions have shape {pos.shape}; "
                              "give them as (n_frames, n_atoms, 3)")
         n_frames, n_atoms = pos.shape[:2]
-        expected = {"species": (n_atoms,), "energies": (n_frames,), "forces": pos.shape}
-        for name, shape in expected.items():
-            value = getattr(self, name)
+        if n_atoms == 0:
+            raise ValueError(f"{self.source} has no atoms (positions have shape {pos.shape}); "
+                             "give frames with at least one atom")
+        species = np.asarray(self.species)
+        expected = {"species": (species, (n_atoms,)), "energies": (self.energies, (n_frames,)),
+                    "forces": (self.forces, pos.shape)}
+        for name, (value, shape) in expected.items():
             if value is not None and value.shape != shape:
                 raise ValueError(f"{self.source}: {name} have shape {value.shape} but positions "
                                  f"{pos.shape} need {shape}; fix the file so they match")
+        object.__setattr__(self, "species", _atomic_numbers(species, self.source))
         if self.cell is not None and self.cell.shape not in ((3, 3), (n_frames, 3, 3)):
             raise ValueError(f"{self.source}: cell has shape {self.cell.shape}; give one (3, 3) "
                              f"cell or one per frame, ({n_frames}, 3, 3)")
         try:
             check_positions(pos, min_distance=None)
+            if self.cell is not None:
+                check_cell(self.cell, per_frame=True)
         except ValueError as err:
             raise ValueError(f"{self.source}: {err}") from None
+        if self.energies is not None and not np.isfinite(self.energies).all():
+            f = np.flatnonzero(~np.isfinite(self.energies))[0]
+            raise ValueError(f"{self.source}: frame {f} has a non-finite energy "
+                             f"{self.energies[f]} eV; remove the frame or fix its label")
+        if self.forces is not None and not np.isfinite(self.forces).all():
+            f, a = np.argwhere(~np.isfinite(self.forces).all(axis=-1))[0]
+            raise ValueError(f"{self.source}: frame {f}, atom {a} has a non-finite force "
+                             f"{self.forces[f, a].tolist()} eV/Å; remove the frame or fix its "
+                             "labels")
 
     def __len__(self) -> int:
         """Number of frames."""
@@ -137,14 +172,22 @@ def read_frames(path, format: str | None = None) -> Frames:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is empty or holds no frames; an npz matches no known
-            layout; shapes disagree; a position is not finite; frames of an ase file
-            differ in species or only some carry energies/forces.
+        ValueError: ``path`` is a folder; the file is empty, truncated, corrupt, of a
+            kind neither jaxrel nor ase reads, or holds no frames or no atoms; an npz
+            matches no known layout or holds an array that is not numbers; shapes
+            disagree; a species is not a positive integer or element symbol; a position,
+            energy, force or cell entry is not finite; a cell is degenerate; frames of an
+            ase file differ in species or periodicity, or only some carry
+            energies/forces. Every message names the file and, where it applies, the key,
+            frame and atom.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist; check the path or set JAXREL_DATA "
                                 "to the folder holding the data")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; give the path of a data file inside it "
+                         "(.npz, .extxyz, ...)")
     if os.path.getsize(path) == 0:
         raise ValueError(f"{path} is empty (0 bytes); re-download or re-write the file")
     if format in NPZ_FORMATS or (format is None and path.endswith(".npz")):
@@ -157,7 +200,16 @@ def read_frames(path, format: str | None = None) -> Frames:
 
 
 def _read_npz(path: str, format: str | None) -> Frames:
-    with np.load(path) as data:
+    try:
+        data = np.load(path)
+    except _NPZ_ERRORS:
+        raise ValueError(f"{path} is not an npz archive numpy can open (it is truncated, "
+                         "corrupt or another kind of file); re-download it or write it again "
+                         "with np.savez") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds one bare .npy array, not an .npz archive of named "
+                         "arrays; write it with np.savez(path, coords=..., ...)")
+    with data:
         keys = set(data.files)
         format = format or _detect_npz(keys, path)
         source = f"{path} ({format})"
@@ -167,7 +219,18 @@ def _read_npz(path: str, format: str | None) -> Frames:
                 raise ValueError(f"{source} lacks the key {key!r} (keys found: "
                                  f"{', '.join(sorted(keys))}); the {format} layout needs "
                                  f"{NPZ_FORMATS[format]}")
-            return data[key]
+            try:
+                value = data[key]
+            except _NPZ_ERRORS as err:
+                raise ValueError(f"{source}: the array {key!r} cannot be read ({err}); "
+                                 "re-download the file or write it again with np.savez, "
+                                 "storing numbers only") from None
+            symbols = key in SPECIES_KEYS
+            if value.dtype.kind not in "iuf" + ("US" if symbols else ""):
+                raise ValueError(f"{source}: the array {key!r} holds {value.dtype} values; "
+                                 "store it as numbers"
+                                 + (" or element symbols" if symbols else ""))
+            return value
 
         if format == "rmd17":
             return Frames(species=get("nuclear_charges"), positions=get("coords"),
@@ -180,8 +243,18 @@ def _read_npz(path: str, format: str | None) -> Frames:
         if format == "cg":
             positions = get("coords")
             forces = _kcal_to_ev(get("forces")) if "forces" in keys else None
-            cell = np.diag(get("box")) if "box" in keys else get("cell")
-            return Frames(species=get("types") + 1,
+            if "box" in keys:
+                box = get("box")
+                if box.shape != (3,):
+                    raise ValueError(f"{source}: box has shape {box.shape}; give the "
+                                     "orthorhombic box as its (3,) edge lengths in Å, or a "
+                                     "(3, 3) cell under the key 'cell'")
+                cell = np.diag(box)
+            else:
+                cell = get("cell")
+            types = _integer_ids(get("types"), source, "type", 0,
+                                 "store coarse-grained bead types as integers from 0")
+            return Frames(species=types + 1,
                           positions=positions[None] if positions.ndim == 2 else positions,
                           energies=None, forces=forces, cell=cell, source=source)
         return Frames(species=get("species"), positions=get("coords"), energies=get("energies"),
@@ -192,6 +265,46 @@ def _read_npz(path: str, format: str | None) -> Frames:
 def _kcal_to_ev(x: np.ndarray) -> np.ndarray:
     """kcal/mol (or kcal/mol/Å) to eV (eV/Å), computed in float64 whatever the stored dtype."""
     return x.astype(np.float64) * KCAL_PER_MOL_IN_EV
+
+
+def _atomic_numbers(species: np.ndarray, source: str) -> np.ndarray:
+    """(n_atoms,) species as int32 atomic numbers; element symbols become their Z (ase.data).
+
+    Raises:
+        ValueError: a symbol that is no element, or a value that is not an integer ≥ 1
+            (the message names the atom).
+    """
+    if species.dtype.kind in "US":
+        from ase.data import atomic_numbers
+
+        symbols = [s.decode() if isinstance(s, bytes) else s for s in species.tolist()]
+        z = [atomic_numbers.get(s.strip(), 0) for s in symbols]  # 0: not an element ('X' too)
+        if 0 in z:
+            k = z.index(0)
+            raise ValueError(f"{source}: atom {k} has species {symbols[k]!r}, which is not an "
+                             "element symbol; give atomic numbers or symbols such as 'H', 'C', "
+                             "'O'")
+        species = np.array(z)
+    return _integer_ids(species, source, "species", 1,
+                        "give atomic numbers (Z ≥ 1) or element symbols")
+
+
+def _integer_ids(values: np.ndarray, source: str, name: str, least: int, fix: str) -> np.ndarray:
+    """``values`` as int32 when every entry is an integer ≥ ``least`` (8.0 counts as 8).
+
+    Raises:
+        ValueError: a non-numeric dtype, or the first entry (named as an atom) that is not
+            a finite integer in [least, 2³¹ − 1]; the message ends with ``fix``.
+    """
+    if values.dtype.kind not in "iuf":
+        raise ValueError(f"{source}: {name} have dtype {values.dtype}; {fix}")
+    flat = values.ravel()
+    ok = np.isfinite(flat) & (flat == np.round(flat)) & (flat >= least) & (flat <= _INT32_MAX)
+    if not ok.all():
+        k = np.flatnonzero(~ok)[0]
+        raise ValueError(f"{source}: atom {k} has {name} {flat[k].item()}, which is not an "
+                         f"integer ≥ {least}; {fix}")
+    return values.astype(np.int32)
 
 
 def _detect_npz(keys: set[str], path: str) -> str:
@@ -212,15 +325,40 @@ def _detect_npz(keys: set[str], path: str) -> str:
 
 
 def _shared_cell(cells: np.ndarray) -> np.ndarray:
-    """One (3, 3) cell when every frame has the same one, else the (n_frames, 3, 3) stack."""
-    return cells[0] if len(cells) and np.all(cells == cells[0]) else cells
+    """One (3, 3) cell when every frame of a (n_frames, 3, 3) stack has the same one, else
+    ``cells`` unchanged (any other shape is left for :class:`Frames` to report)."""
+    same = cells.ndim == 3 and len(cells) > 0 and np.all(cells == cells[0])
+    return cells[0] if same else cells
 
 
 def _read_ase(path: str, format: str | None) -> Frames:
-    import ase.io
+    import sqlite3
 
+    import ase.io
+    from ase.io.formats import UnknownFileTypeError
+
+    # What ase's readers raise on a malformed file (ase 3.29): XYZError and
+    # InvalidULMFileError are OSErrors, UnicodeDecodeError and JSONDecodeError ValueErrors;
+    # some readers fail with IndexError, KeyError, AssertionError, a RuntimeError from
+    # StopIteration, UnboundLocalError or sqlite3's DatabaseError.
+    read_errors = (ase.io.ParseError, ValueError, OSError, EOFError, StopIteration, RuntimeError,
+                   IndexError, KeyError, AssertionError, UnboundLocalError, sqlite3.Error)
     source = f"{path} (ase{'' if format is None else ' ' + format})"
-    atoms_list = ase.io.read(path, index=":", format=format)
+    try:
+        atoms_list = ase.io.read(path, index=":", format=format)
+    except UnknownFileTypeError:
+        if format is not None:
+            raise ValueError(f"format {format!r} is neither an npz layout "
+                             f"({', '.join(NPZ_FORMATS)}) nor a file format ase knows; pass one "
+                             "of those, or None to detect the format") from None
+        raise ValueError(f"{path} is of a kind neither jaxrel nor ase recognises from its name; "
+                         "give an .npz in a known layout or a file ase reads (.extxyz, .xyz, "
+                         ".traj, ...), or pass its ase format") from None
+    except read_errors as err:
+        reason = str(err).strip().splitlines()
+        reason = f"{type(err).__name__}: {reason[0]}" if reason else type(err).__name__
+        raise ValueError(f"{source} cannot be read by ase ({reason}); check that the file is "
+                         "complete and in the format its name says") from None
     if not atoms_list:
         raise ValueError(f"{source} holds no frames; give a file with at least one frame")
     species = atoms_list[0].numbers
@@ -229,8 +367,14 @@ def _read_ase(path: str, format: str | None) -> Frames:
             raise ValueError(f"{source}: frame {k} has species {atoms.numbers.tolist()} but "
                              f"frame 0 has {species.tolist()}; split the file into one file "
                              "per system")
+    pbc = np.array([atoms.pbc for atoms in atoms_list])
     cell = None
-    if any(atoms.pbc.any() for atoms in atoms_list):
+    if pbc.any():
+        k = np.flatnonzero(~pbc.all(axis=1))
+        if k.size:
+            raise ValueError(f"{source}: frame {k[0]} has pbc {pbc[k[0]].tolist()} but jaxrel "
+                             "needs every frame periodic in all three directions or none; set "
+                             "pbc=True (with the cell) or pbc=False for every frame")
         cell = _shared_cell(np.stack([atoms.cell.array for atoms in atoms_list]))
     return Frames(species=species, positions=np.stack([a.positions for a in atoms_list]),
                   energies=_ase_property(atoms_list, "energy", source),

@@ -20,11 +20,33 @@ T = 2 E_kin / (N_f k_B) with N_f = 3 n_atoms, JAX MD's count (the thermostats ta
 same), so Maxwell–Boltzmann velocities without total momentum start, on average, at
 (n_atoms − 1)/n_atoms of the target.
 
+Instability. After every block the host marks a replica unstable, and freezes it, when its
+positions, forces or energies are not finite or it is too hot. Too hot means a temperature
+above ``MDConfig.temperature_limit_K``, and, in the ensembles with a conserved quantity H
+(:data:`CONSERVING`: E_pot + E_kin for nve, H' for nvt-nh), also
+
+    |H(t) − H(0)| > ½ (E_kin(t) − E_kin(0))          (:data:`ENERGY_ERROR_FRACTION` = ½)
+
+A run can heat legitimately: a cold start far from a minimum turns potential energy into
+kinetic energy with H unchanged, and a trained model is judged on its structures
+(:mod:`jaxrel.stability`: bonds, atom collapse), not on the driver's thermometer. An
+integrator that blows up creates its kinetic energy out of the integration error, so H
+moves by about as much as E_kin rises, while a stable one keeps |ΔH| at its O(dt²) error,
+about 1e-3 of the energy it exchanges (the tests' bound). The rule calls the heating
+unstable when more than half of the kinetic energy gained was not paid for by the
+potential energy (or, nvt-nh, the thermostat), which leaves a wide margin on both sides.
+Langevin dynamics has no conserved quantity and keeps the plain limit.
+
 The neighbour list is a sparse ``jax_md.partition`` list rebuilt at every energy and force
 evaluation by a dense O(n_atoms²) pair search (no cell list, no skin), so every graph holds
 exactly the pairs within the cutoff; this suits the molecules and boxes of up to a few
 thousand atoms jaxrel trains on. Replicas run in one jitted, vmapped simulation; the host
 checks neighbour-list overflow and stability every ``log_every`` steps.
+
+Runs on disk (:func:`run_md`, ``jaxrel md``) are written block by block: each block
+appends its frames to the trajectories and thermo.csv and rewrites a restart file and a
+provisional stability.json atomically, so Ctrl-C, SIGTERM or a crash keeps every finished
+block, and ``restart=True`` continues the run exactly (:class:`MDState`).
 
 Units: Å, fs (times in trajectories: ps), eV, K, amu; velocities Å/fs. Internally masses
 are in eV fs²/Å² (:data:`AMU`), so that F = m a holds with forces in eV/Å.
@@ -33,19 +55,35 @@ are in eV fs²/Å² (:data:`AMU`), so that F = m a holds with forces in eV/Å.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
+import hashlib
+import io
+import json
 import math
+import os
+import signal
+import threading
 import time
+import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import ase.data
+import ase.io
 import ase.units
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ase.calculators.singlepoint import SinglePointCalculator
 from jax_md import simulate as jmd
 from tqdm import tqdm
 
+from jaxrel.checkpoint import load_checkpoint, params_digest
+from jaxrel.data import read_frames
+from jaxrel.files import atomic_write, prepare_output, write_json
 from jaxrel.geometry import check_cell
 from jaxrel.graph import cell_key, check_positions, graph_from_neighbors, neighbor_list_fn
 
@@ -57,6 +95,14 @@ KB = ase.units.kB
 
 ENSEMBLES = ("nve", "nvt-nh", "nvt-langevin")
 
+CONSERVING = ("nve", "nvt-nh")
+"""Ensembles with a conserved quantity, whose temperature limit also asks for an energy error."""
+
+ENERGY_ERROR_FRACTION = 0.5
+"""A replica of a :data:`CONSERVING` ensemble above the temperature limit is unstable when
+its conserved quantity has moved by more than this fraction of the kinetic energy it gained
+(see the module docstring)."""
+
 
 @dataclass(frozen=True)
 class MDConfig:
@@ -67,7 +113,7 @@ class MDConfig:
         dt_fs: time step, fs.
         temperature_K: temperature of the initial Maxwell–Boltzmann velocities and the
             thermostat target, K.
-        n_steps: number of integration steps.
+        n_steps: number of integration steps (of the whole run, when continuing one).
         log_every: steps per jitted block; one frame is logged per block (the last block
             is shorter when ``n_steps`` is not a multiple).
         friction_per_ps: Langevin friction γ, 1/ps.
@@ -75,8 +121,10 @@ class MDConfig:
         seed: PRNG seed; replica r uses ``seed + r``.
         capacity_multiplier: neighbour-list capacity as a multiple of the pairs found at
             allocation (≥ 1); overflows are reallocated and the block redone.
-        max_temperature_K: a replica whose temperature exceeds this is unstable; None
-            means 10 × ``temperature_K`` (see :attr:`temperature_limit_K`).
+        max_temperature_K: the temperature limit, K; a replica above it is unstable (in
+            :data:`CONSERVING` ensembles only if its conserved quantity moved too, see the
+            module docstring). None means 10 × ``temperature_K`` (see
+            :attr:`temperature_limit_K`).
 
     Raises:
         ValueError: an unknown ensemble or a non-positive or non-finite setting.
@@ -117,15 +165,48 @@ class MDConfig:
         return 10.0 * self.temperature_K if self.max_temperature_K is None else self.max_temperature_K
 
 
+class Frame(NamedTuple):
+    """One logged frame of R replicas: a row of a :class:`Trajectory`, and what
+    :func:`simulate` passes to ``on_block``.
+
+    Fields::
+
+        time_ps             float | ps
+        positions           (R, n_atoms, 3) float64 | Å, not wrapped into the cell
+        velocities          (R, n_atoms, 3) float64 | Å/fs
+        temperature_K       (R,) float64 | K
+        potential_energy_eV (R,) float64 | eV
+        kinetic_energy_eV   (R,) float64 | eV
+        conserved_eV        (R,) float64 | eV, as in :class:`Trajectory`
+        stable              (R,) bool | the replicas still stable at this frame; the others
+                            repeat their last stable values and are not part of the run
+    """
+
+    time_ps: float
+    positions: np.ndarray
+    velocities: np.ndarray
+    temperature_K: np.ndarray
+    potential_energy_eV: np.ndarray
+    kinetic_energy_eV: np.ndarray
+    conserved_eV: np.ndarray
+    stable: np.ndarray
+
+
+_OBSERVED = ("temperature_K", "potential_energy_eV", "kinetic_energy_eV", "conserved_eV")
+"""The per-replica observations of a :class:`Frame` (and of the jitted block)."""
+
+
 @dataclass
 class Trajectory:
     """The logged frames of R replicas (R = 1 for a single run).
 
-    Frame 0 is the initial state; frame k follows block k of ``log_every`` steps. A
-    replica that became unstable at ``unstable_time_ps[r]`` is frozen: its later frames
-    repeat its last stable frame (every array is finite), so keep the frames with
-    ``time_ps < unstable_time_ps[r]``. The run ends early when every replica is unstable;
-    the frames then stop at the last block in which one was still stable.
+    Frame 0 is the initial state (of this call, for a continued run); frame k follows
+    block k of ``log_every`` steps. A replica that became unstable at
+    ``unstable_time_ps[r]`` is frozen: its later frames repeat its last stable frame (every
+    array is finite), so keep the frames with ``time_ps < unstable_time_ps[r]``. The run
+    ends early when every replica is unstable; the frames then stop at the last block in
+    which one was still stable, so the simulated time, max(``time_ps[-1]``,
+    ``unstable_time_ps``), is one block longer.
 
     Fields::
 
@@ -144,7 +225,8 @@ class Trajectory:
         unstable_time_ps   (R,) float64 | ps, end of the first unstable block; NaN if stable
         stop_reason        R × (str or None) | e.g. "non-finite forces at 12.35 ps"
         steps_per_second   float | integration steps per wall-clock second (replicas
-                           together count as one step), compilation excluded
+                           together count as one step), compilation excluded; with
+                           ``on_block``, its time that the next block does not cover counts
         n_reallocations    int | neighbour-list reallocations after overflows
     """
 
@@ -175,6 +257,93 @@ class Trajectory:
                              f"{n_replicas} (0..{n_replicas - 1})")
         t = self.unstable_time_ps[replica]
         return np.flatnonzero(self.time_ps < t) if np.isfinite(t) else np.arange(len(self.time_ps))
+
+    def frame(self, k: int) -> Frame:
+        """Frame ``k`` of every replica; ``stable`` marks the replicas not yet unstable."""
+        t = self.time_ps[k]
+        return Frame(float(t), self.positions[:, k], self.velocities[:, k],
+                     *(getattr(self, name)[:, k] for name in _OBSERVED),
+                     stable=~(self.unstable_time_ps <= t))
+
+
+RESTART_FORMAT = 1
+
+
+@dataclass
+class MDState:
+    """Where a run of R replicas stands after a block: all that is needed to continue it
+    exactly (:func:`simulate` ``start=``), for the same system, model and :class:`MDConfig`.
+
+    Fields::
+
+        integrator         list of arrays | the leaves (``jax.tree.leaves`` order, replica
+                           axis first) of JAX MD's integrator state: positions, momenta,
+                           forces, masses and, by ensemble, the Nosé–Hoover chain or the
+                           Langevin PRNG keys; in the model's dtype
+        steps_done         int | integration steps since the start of the run
+        active             (R,) bool | replicas still stable
+        unstable_time_ps   (R,) float64 | ps, NaN for stable replicas
+        stop_reason        R × (str or None)
+        conserved_start_eV (R,) float64 | eV, the conserved quantity of the initial frame
+        kinetic_start_eV   (R,) float64 | eV, E_kin of the initial frame
+        n_reallocations    int | neighbour-list reallocations so far
+        wall_seconds       float | wall time of the blocks so far, as in
+                           :attr:`Trajectory.steps_per_second`
+
+    The neighbour list is not part of the state: it is rebuilt from the positions at every
+    force evaluation anyway.
+    """
+
+    integrator: list
+    steps_done: int
+    active: np.ndarray
+    unstable_time_ps: np.ndarray
+    stop_reason: list
+    conserved_start_eV: np.ndarray
+    kinetic_start_eV: np.ndarray
+    n_reallocations: int
+    wall_seconds: float
+
+    def save(self, path, metadata: dict | None = None) -> Path:
+        """Write the state and a JSON-serialisable ``metadata`` dict to ``path`` (.npz),
+        atomically (:func:`jaxrel.files.atomic_write`, one write of the archive built in
+        memory, as :func:`run_md` does after every block); the arrays keep their dtypes exactly."""
+        archive = io.BytesIO()
+        np.savez(archive, format=np.int64(RESTART_FORMAT), steps_done=np.int64(self.steps_done),
+                 active=self.active, unstable_time_ps=self.unstable_time_ps,
+                 stop_reason=np.array(json.dumps(self.stop_reason)),
+                 conserved_start_eV=self.conserved_start_eV, kinetic_start_eV=self.kinetic_start_eV,
+                 n_reallocations=np.int64(self.n_reallocations), wall_seconds=np.float64(self.wall_seconds),
+                 metadata=np.array(json.dumps(metadata or {})),
+                 **{f"integrator_{k}": np.asarray(x) for k, x in enumerate(self.integrator)})
+        return atomic_write(path, archive.getvalue())
+
+    @classmethod
+    def load(cls, path) -> tuple[MDState, dict]:
+        """``(state, metadata)`` from a file written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            ValueError: it is not a restart file of this format.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no MD restart file at {path}")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if int(f["format"]) != RESTART_FORMAT:
+                    raise ValueError(f"format {int(f['format'])}")
+                n_leaves = sum(name.startswith("integrator_") for name in f.files)
+                state = cls(integrator=[f[f"integrator_{k}"] for k in range(n_leaves)],
+                            steps_done=int(f["steps_done"]), active=f["active"].astype(bool),
+                            unstable_time_ps=f["unstable_time_ps"],
+                            stop_reason=json.loads(str(f["stop_reason"])),
+                            conserved_start_eV=f["conserved_start_eV"], kinetic_start_eV=f["kinetic_start_eV"],
+                            n_reallocations=int(f["n_reallocations"]), wall_seconds=float(f["wall_seconds"]))
+                return state, json.loads(str(f["metadata"]))
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{path} is not a jaxrel MD restart file of format {RESTART_FORMAT} ({err}); "
+                             "start a new run") from None
 
 
 def _checked_inputs(potential, positions, species, cell, masses, velocities):
@@ -299,19 +468,21 @@ def _start(ensemble, shift, physics, keys, positions, momenta):
     return jax.vmap(one)(keys, positions, momenta)
 
 
-CHECKS = ("positions", "forces", "energy")
-"""What must stay finite, in the order :func:`_instability` reports it."""
+CHECKS = ("positions", "forces", "energy", "temperature")
+"""What :func:`_block` checks per replica, in the order :func:`_instability` reports it: finite
+positions, forces and energies, and a temperature within the limit (module docstring)."""
 
 
-def _block(potential, ensemble, shift, physics, states, nbrs, params, n_steps, first, active):
+def _block(potential, ensemble, shift, physics, states, nbrs, params, reference, n_steps, first, active):
     """``n_steps`` steps of every replica, after a step of length 0 if ``first``.
 
     A step of length 0 moves nothing and only sets the forces, so ``first`` (with
-    ``n_steps=0``) turns the states of :func:`_start` into the initial frame. Replicas not
-    ``active``, or not stable afterwards (a non-finite :data:`CHECKS` entry or a temperature
-    above ``physics["t_max"]``), keep their old state. Returns ``(states, nbrs, observations,
-    stable, overflow)``; observations hold ``temperature_K``, the energies (eV) and
-    ``finite`` (R, len(CHECKS)).
+    ``n_steps=0``) turns the states of :func:`_start` into the initial frame. ``reference``
+    holds each replica's initial ``conserved_eV`` and ``kinetic_energy_eV`` (R,) for the
+    temperature check of :data:`CONSERVING` ensembles; NaN applies the plain limit. Replicas
+    not ``active``, or not stable afterwards (a failed :data:`CHECKS` entry), keep their old
+    state. Returns ``(states, nbrs, observations, stable, overflow)``; observations hold
+    ``temperature_K``, the energies (eV) and ``checks`` (R, len(CHECKS)) bool, True = passed.
     """
     energy_fn = _energy_fn(potential, physics)
     conserved_fn = _integrator(ensemble, energy_fn, shift, physics)[2]
@@ -334,7 +505,13 @@ def _block(potential, ensemble, shift, physics, states, nbrs, params, n_steps, f
                             "finite": finite}
 
     new_states, new_nbrs, obs = jax.vmap(one)(states, nbrs)
-    stable = obs["finite"].all(axis=1) & (obs["temperature_K"] <= physics["t_max"])
+    hot = obs["temperature_K"] > physics["t_max"]
+    if ensemble in CONSERVING:
+        gained = obs["kinetic_energy_eV"] - reference["kinetic_energy_eV"]
+        error = jnp.abs(obs["conserved_eV"] - reference["conserved_eV"])
+        hot = hot & ~(error <= ENERGY_ERROR_FRACTION * gained)
+    obs["checks"] = jnp.concatenate([obs.pop("finite"), ~hot[:, None]], axis=1)
+    stable = obs["checks"].all(axis=1)
     keep = active & stable
 
     def select(new, old):
@@ -365,17 +542,21 @@ def _executable(fn, static: tuple, args: tuple):
 
 
 def simulate(potential, params, positions, species, *, cell=None, masses=None,
-             config: MDConfig = MDConfig(), velocities=None, progress: bool = True) -> Trajectory:
+             config: MDConfig = MDConfig(), velocities=None, progress: bool = True,
+             on_block: Callable[[Frame, MDState], None] | None = None,
+             start: MDState | None = None) -> Trajectory:
     """Run MD of one structure, or of R replicas vmapped in one jitted simulation.
 
     Replica r draws its velocities (and Langevin noise) from ``config.seed + r``, so it
     equals a single run with that seed and starting positions. Every ``log_every`` steps
     the host (1) redoes the block from its saved start after reallocating the neighbour
     list if it overflowed (the trajectory equals one run with ample capacity), (2) marks
-    replicas with non-finite positions, forces or energies, or a temperature above
-    ``config.temperature_limit_K``, as unstable and freezes them (see :class:`Trajectory`),
-    and (3) logs a frame. The run stops when every replica is unstable. Compiled code is
-    reused by later runs of the same model, ensemble, system size and cell.
+    replicas with non-finite positions, forces or energies, or too hot (above
+    ``config.temperature_limit_K``, with the conserved-energy condition of the module
+    docstring in nve and nvt-nh), as unstable and freezes them (see :class:`Trajectory`),
+    (3) logs a frame and (4) calls ``on_block``. The run stops when every replica is
+    unstable. Compiled code is reused by later runs of the same model, ensemble, system size
+    and cell.
 
     Args:
         potential, params: the model (e.g. from :func:`jaxrel.checkpoint.load_checkpoint`); MD
@@ -390,16 +571,31 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
         velocities: (n_atoms, 3) or (R, n_atoms, 3) float, Å/fs, shaped like ``positions``;
             default Maxwell–Boltzmann at ``config.temperature_K``.
         progress: show a tqdm bar over blocks with the mean temperature and conserved energy.
+        on_block: ``on_block(frame, state)`` is called with the :class:`Frame` and
+            :class:`MDState` of the initial frame and of every block, also the last one, in
+            which every replica may have become unstable (no replica of that frame is
+            ``stable``, and the trajectory does not log it). A block's call comes while the
+            next block runs (JAX dispatches asynchronously), so writing them to disk
+            (:func:`run_md`) overlaps the integration; ``steps_per_second`` includes what
+            does not overlap. An exception it raises ends the run and propagates.
+        start: continue a run from this :class:`MDState` (from ``on_block`` or
+            :meth:`MDState.load`) until ``config.n_steps`` steps in all, exactly as if it had
+            not stopped. It must come from the same potential, system and config (only
+            ``n_steps`` may differ), which the caller checks; ``positions`` (the run's start)
+            still give the system and ``velocities`` must be None. The trajectory begins
+            with the state's frame, for which ``on_block`` is not called again.
 
     Returns:
-        :class:`Trajectory` with 1 + ⌈n_steps / log_every⌉ frames (fewer if all replicas
-        became unstable).
+        :class:`Trajectory` with 1 + ⌈(n_steps − steps done before) / log_every⌉ frames
+        (fewer if all replicas became unstable).
 
     Raises:
         ValueError: positions of the wrong shape, non-finite or closer than 0.1 Å; species
             the model does not know; a cell of the wrong shape or narrower than twice the
             cutoff; bad masses or velocities; a float64 model without x64; a start that is
-            already unstable (non-finite model output or temperature above the limit).
+            already unstable (non-finite model output or temperature above the limit); a
+            ``start`` that does not fit (replicas, arrays, velocities given), has done
+            ``n_steps`` already or has no stable replica.
     """
     dtype = _model_dtype(potential)
     pos, species, cell, masses_amu, vel = _checked_inputs(potential, positions, species, cell,
@@ -408,6 +604,7 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
     shift, neighbor_fn = neighbor_list_fn(potential.config.cutoff, cell_key(cell),
                                           config.capacity_multiplier, dtype.name)
     t_max = config.temperature_limit_K
+    conserving = config.ensemble in CONSERVING
     scalars = {"dt": config.dt_fs, "kT": KB * config.temperature_K, "t_max": t_max,
                "gamma": config.friction_per_ps / 1000.0, "tau": config.tau_fs}
     physics = {k: jnp.asarray(v, dtype) for k, v in scalars.items()}
@@ -415,97 +612,192 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
                 "cell": None if cell is None else jnp.asarray(cell, dtype)}
     static = (potential, config.ensemble, shift)
 
-    positions_j = jnp.asarray(pos, dtype)
-    nbrs = _allocate(neighbor_fn, positions_j)
     keys = jnp.stack([jax.random.PRNGKey(config.seed + r) for r in range(n_replicas)])
     momenta = None if vel is None else jnp.asarray(vel * masses_amu[:, None] * AMU, dtype)
-    args = (physics, keys, positions_j, momenta)
-    states = _executable(_start, static[1:], args)(*args)
-    active = np.ones(n_replicas, bool)
-    args = (physics, states, nbrs, params, jnp.int32(0), jnp.asarray(True), jnp.asarray(active))
-    states, nbrs, obs, _, _ = _executable(_block, static, args)(*args)
-    for r in range(n_replicas):
-        reason = _instability(obs, r, t_max)
-        if reason is not None:
-            raise ValueError(f"replica {r} is unstable at the start ({reason}); check the structure "
-                             "and velocities or raise max_temperature_K")
-    log = _Log(states, obs)
+    args = (physics, keys, jnp.asarray(pos, dtype), momenta)
+    if start is None:
+        states = _executable(_start, static[1:], args)(*args)
+        nan = np.full(n_replicas, np.nan)
+        start = MDState([], 0, np.ones(n_replicas, bool), nan, [None] * n_replicas, nan, nan, 0, 0.0)
+        fresh = True
+    else:
+        template = jax.eval_shape(functools.partial(_start, *static[1:]), *args)
+        states = _resumed(start, template, n_replicas, config, velocities)
+        fresh = False
+    steps_done, n_reallocations, wall = start.steps_done, start.n_reallocations, start.wall_seconds
+    active, unstable_time = start.active.copy(), np.array(start.unstable_time_ps, np.float64)
+    stop_reason = list(start.stop_reason)
+    reference = {"conserved_eV": np.array(start.conserved_start_eV, np.float64),
+                 "kinetic_energy_eV": np.array(start.kinetic_start_eV, np.float64)}
 
-    unstable_time = np.full(n_replicas, np.nan)
-    stop_reason: list[str | None] = [None] * n_replicas
-    n_reallocations, wall, steps_done = 0, 0.0, 0
-    sizes = [config.log_every] * (config.n_steps // config.log_every)
-    sizes += [config.n_steps % config.log_every] if config.n_steps % config.log_every else []
+    def block(states, nbrs, n_steps: int, first: bool):
+        args = (physics, states, nbrs, params, {k: jnp.asarray(v, dtype) for k, v in reference.items()},
+                jnp.int32(n_steps), jnp.asarray(first), jnp.asarray(active))
+        return _executable(_block, static, args)(*args)
+
+    def snapshot() -> MDState:
+        return MDState([np.asarray(x) for x in jax.tree.leaves(states)], steps_done, active.copy(),
+                       unstable_time.copy(), list(stop_reason), reference["conserved_eV"].copy(),
+                       reference["kinetic_energy_eV"].copy(), n_reallocations, wall)
+
+    nbrs = _allocate(neighbor_fn, states.position)
+    states, nbrs, obs, _, _ = block(states, nbrs, 0, fresh)
+    if fresh:
+        for r in range(n_replicas):
+            reason = _instability(obs, r, t_max, reference, conserving)
+            if reason is not None:
+                raise ValueError(f"replica {r} is unstable at the start ({reason}); check the structure "
+                                 "and velocities or raise max_temperature_K")
+        reference = {k: np.asarray(obs[k], np.float64) for k in reference}
+    frame = _frame(steps_done * config.dt_fs / 1000.0, states, obs, active, None)
+    frames = [frame]
+    if fresh and on_block is not None:
+        on_block(frame, snapshot())
+
+    steps_before, wall_before = steps_done, wall
+    remaining = config.n_steps - steps_done
+    sizes = [config.log_every] * (remaining // config.log_every)
+    sizes += [remaining % config.log_every] if remaining % config.log_every else []
+    pending = None   # the last block's (frame, state), passed to on_block while the next one runs
     bar = tqdm(sizes, desc=f"MD {config.ensemble}", unit="block", disable=not progress)
-    for n_steps in bar:
-        while True:
-            args = (physics, states, nbrs, params, jnp.int32(n_steps), jnp.asarray(False), jnp.asarray(active))
-            run_block = _executable(_block, static, args)
-            tic = time.perf_counter()
-            new_states, new_nbrs, obs, stable, overflow = jax.block_until_ready(run_block(*args))
-            wall += time.perf_counter() - tic
-            if not (np.asarray(overflow) & active).any():
+    try:
+        for n_steps in bar:
+            while True:
+                tic = time.perf_counter()
+                running = block(states, nbrs, n_steps, False)   # dispatched asynchronously
+                if pending is not None:
+                    on_block(*pending)
+                    pending = None
+                new_states, new_nbrs, obs, stable, overflow = jax.block_until_ready(running)
+                wall += time.perf_counter() - tic
+                if not (np.asarray(overflow) & active).any():
+                    break
+                # at least double the capacity, so a block overflows a bounded number of times
+                nbrs = _allocate(neighbor_fn, states.position, extra_capacity=-(-nbrs.max_occupancy // n_atoms))
+                n_reallocations += 1
+            steps_done += n_steps
+            t_ps = steps_done * config.dt_fs / 1000.0
+            for r in np.flatnonzero(active & ~np.asarray(stable)):
+                active[r], unstable_time[r] = False, t_ps
+                stop_reason[r] = f"{_instability(obs, r, t_max, reference, conserving)} at {t_ps:.4g} ps"
+            states, nbrs = new_states, new_nbrs
+            frame = _frame(t_ps, states, obs, active, frame)
+            if active.any():
+                frames.append(frame)
+            if on_block is not None:
+                pending = (frame, snapshot())
+            if not active.any():
                 break
-            # at least double the capacity, so a block overflows a bounded number of times
-            nbrs = _allocate(neighbor_fn, states.position, extra_capacity=-(-nbrs.max_occupancy // n_atoms))
-            n_reallocations += 1
-        steps_done += n_steps
-        t_ps = steps_done * config.dt_fs / 1000.0
-        for r in np.flatnonzero(active & ~np.asarray(stable)):
-            active[r], unstable_time[r] = False, t_ps
-            stop_reason[r] = f"{_instability(obs, r, t_max)} at {t_ps:.4g} ps"
-        if not active.any():
-            break
-        states, nbrs = new_states, new_nbrs
-        log.append(states, obs, active, t_ps)
-        bar.set_postfix(T=f"{log.last('temperature_K', active):.0f} K",
-                        E=f"{log.last('conserved_eV', active):.5g} eV")
-    bar.close()
-    return log.trajectory(species=species, cell=cell, masses_amu=masses_amu,
-                          unstable_time_ps=unstable_time, stop_reason=stop_reason,
-                          steps_per_second=steps_done / wall if wall > 0 else float("nan"),
-                          n_reallocations=n_reallocations)
+            bar.set_postfix(T=f"{frame.temperature_K[active].mean():.0f} K",
+                            E=f"{frame.conserved_eV[active].mean():.5g} eV")
+        if pending is not None:
+            on_block(*pending)
+    finally:
+        bar.close()
+    return _trajectory(frames, species=species, cell=cell, masses_amu=masses_amu,
+                       unstable_time_ps=unstable_time, stop_reason=stop_reason,
+                       steps_per_second=(steps_done - steps_before) / (wall - wall_before)
+                       if wall > wall_before else float("nan"),
+                       n_reallocations=n_reallocations)
 
 
-def _instability(obs: dict, r: int, t_max: float) -> str | None:
-    """Why replica ``r`` of the observations ``obs`` is unstable, or None (the block's
-    ``stable`` criterion in words)."""
-    for what, finite in zip(CHECKS, np.asarray(obs["finite"][r])):
-        if not finite:
+def _resumed(start: MDState, template, n_replicas: int, config: MDConfig, velocities):
+    """The integrator state of ``start`` as the pytree of ``template`` (from
+    ``jax.eval_shape`` of :func:`_start`), or ValueError when it cannot continue."""
+    if velocities is not None:
+        raise ValueError("velocities were given with start; a continued run takes its velocities "
+                         "from the state, so pass velocities=None")
+    if len(start.active) != n_replicas:
+        raise ValueError(f"start holds {len(start.active)} replicas but the positions hold {n_replicas}; "
+                         "continue a run with its own starting positions")
+    if start.steps_done >= config.n_steps:
+        raise ValueError(f"start has done {start.steps_done} steps, all of config.n_steps = {config.n_steps}; "
+                         "raise n_steps to continue the run")
+    if not start.active.any():
+        raise ValueError("every replica of start is unstable; there is nothing to continue")
+    leaves, treedef = jax.tree.flatten(template)
+    expected = [(tuple(t.shape), np.dtype(t.dtype).name) for t in leaves]
+    found = [(np.shape(x), np.asarray(x).dtype.name) for x in start.integrator]
+    if found != expected:
+        raise ValueError(f"start holds integrator arrays {found} but this system, ensemble and model "
+                         f"dtype need {expected}; continue a run with its own model and settings")
+    return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in start.integrator])
+
+
+def _instability(obs: dict, r: int, t_max: float, reference: dict, conserving: bool) -> str | None:
+    """Why replica ``r`` of the observations ``obs`` is unstable, or None: the first failed
+    :data:`CHECKS` entry of the block, in words."""
+    for what, passed in zip(CHECKS, np.asarray(obs["checks"][r])):
+        if passed:
+            continue
+        if what != "temperature":
             return f"non-finite {what}"
-    temperature = float(obs["temperature_K"][r])
-    return f"temperature {temperature:.0f} K > {t_max:.0f} K" if temperature > t_max else None
+        reason = f"temperature {float(obs['temperature_K'][r]):.0f} K > {t_max:.0f} K"
+        if conserving and np.isfinite(reference["conserved_eV"][r]):
+            error = abs(float(obs["conserved_eV"][r]) - reference["conserved_eV"][r])
+            gained = float(obs["kinetic_energy_eV"][r]) - reference["kinetic_energy_eV"][r]
+            reason += (f" (conserved energy off by {error:.3g} eV, more than half the {gained:.3g} eV of "
+                       "kinetic energy gained)")
+        return reason
+    return None
 
 
-class _Log:
-    """Host-side frames; a frozen replica repeats its last stable values."""
+def _frame(t_ps: float, states, obs: dict, active: np.ndarray, last: Frame | None) -> Frame:
+    """The :class:`Frame` after a block; replicas not ``active`` repeat ``last``'s values."""
+    values = {k: np.asarray(obs[k], np.float64) for k in _OBSERVED}
+    if last is not None:
+        values = {k: np.where(active, v, getattr(last, k)) for k, v in values.items()}
+    return Frame(t_ps, np.asarray(states.position, np.float64), np.asarray(states.velocity, np.float64),
+                 stable=active.copy(), **values)
 
-    FIELDS = ("temperature_K", "potential_energy_eV", "kinetic_energy_eV", "conserved_eV")
 
-    def __init__(self, states, obs):
-        self.time_ps = [0.0]
-        self.frames = {"positions": [np.asarray(states.position, np.float64)],
-                       "velocities": [np.asarray(states.velocity, np.float64)]}
-        self.frames |= {k: [np.asarray(obs[k], np.float64)] for k in self.FIELDS}
+def _trajectory(frames: list[Frame], **fields) -> Trajectory:
+    """The :class:`Trajectory` of the logged ``frames`` and the run's other ``fields``."""
+    arrays = {k: np.stack([getattr(f, k) for f in frames], axis=1) for k in ("positions", "velocities", *_OBSERVED)}
+    return Trajectory(**arrays, time_ps=np.array([f.time_ps for f in frames], np.float64), **fields)
 
-    def append(self, states, obs, active: np.ndarray, t_ps: float) -> None:
-        self.time_ps.append(t_ps)
-        self.frames["positions"].append(np.asarray(states.position, np.float64))
-        self.frames["velocities"].append(np.asarray(states.velocity, np.float64))
-        for k in self.FIELDS:
-            self.frames[k].append(np.where(active, np.asarray(obs[k], np.float64), self.frames[k][-1]))
 
-    def last(self, field: str, active: np.ndarray) -> float:
-        return float(np.mean(self.frames[field][-1][active]))
+THERMO_COLUMNS = ("replica", "time_ps", "temperature_K", "potential_energy_eV", "kinetic_energy_eV",
+                  "conserved_eV")
 
-    def trajectory(self, **fields) -> Trajectory:
-        """The :class:`Trajectory` of the logged frames and the run's other ``fields``."""
-        arrays = {k: np.stack(v, axis=1) for k, v in self.frames.items()}
-        return Trajectory(**arrays, time_ps=np.asarray(self.time_ps), **fields)
+
+def trajectory_name(replica: int) -> str:
+    """A replica's trajectory file in a run folder: trajectory.extxyz for replica 0,
+    trajectory_r<k>.extxyz for replica k."""
+    return "trajectory.extxyz" if replica == 0 else f"trajectory_r{replica}.extxyz"
+
+
+def _extxyz(frame: Frame, replica: int, species, cell, masses_amu) -> str:
+    """One replica's frame as extended XYZ text (the format of :func:`write_trajectory`)."""
+    atoms = ase.Atoms(numbers=species, positions=frame.positions[replica], cell=cell,
+                      pbc=cell is not None, masses=masses_amu)
+    atoms.set_velocities(frame.velocities[replica] / ase.units.fs)
+    atoms.info.update(time_ps=float(frame.time_ps), temperature_K=float(frame.temperature_K[replica]),
+                      kinetic_energy_eV=float(frame.kinetic_energy_eV[replica]),
+                      conserved_eV=float(frame.conserved_eV[replica]))
+    atoms.calc = SinglePointCalculator(atoms, energy=float(frame.potential_energy_eV[replica]))
+    text = io.StringIO()
+    ase.io.write(text, atoms, format="extxyz")
+    return text.getvalue()
+
+
+def _thermo_rows(frame: Frame) -> str:
+    """CSV rows (:data:`THERMO_COLUMNS`) of the stable replicas of ``frame``; floats as repr (exact)."""
+    text = io.StringIO()
+    csv.writer(text).writerows([str(r), repr(float(frame.time_ps))] + [
+        repr(float(getattr(frame, c)[r])) for c in THERMO_COLUMNS[2:]] for r in np.flatnonzero(frame.stable))
+    return text.getvalue()
+
+
+def _thermo_header() -> str:
+    text = io.StringIO()
+    csv.writer(text).writerow(THERMO_COLUMNS)
+    return text.getvalue()
 
 
 def write_trajectory(traj: Trajectory, path, replica: int = 0) -> None:
-    """Write the stable frames of one replica as extended XYZ (readable by ``ase.io.read``).
+    """Write the stable frames of one replica as extended XYZ (readable by ``ase.io.read``),
+    atomically (:func:`jaxrel.files.atomic_write`).
 
     Each frame stores positions (Å), velocities (as ASE momenta; ``get_velocities()`` ×
     ``ase.units.fs`` gives Å/fs), masses (amu), the cell and pbc, the potential energy
@@ -515,33 +807,338 @@ def write_trajectory(traj: Trajectory, path, replica: int = 0) -> None:
     Raises:
         ValueError: ``replica`` does not exist.
     """
-    import ase.io
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    images = []
-    for k in traj.stable_frames(replica):
-        atoms = ase.Atoms(numbers=traj.species, positions=traj.positions[replica, k],
-                          cell=traj.cell, pbc=traj.cell is not None, masses=traj.masses_amu)
-        atoms.set_velocities(traj.velocities[replica, k] / ase.units.fs)
-        atoms.info.update(time_ps=float(traj.time_ps[k]),
-                          temperature_K=float(traj.temperature_K[replica, k]),
-                          kinetic_energy_eV=float(traj.kinetic_energy_eV[replica, k]),
-                          conserved_eV=float(traj.conserved_eV[replica, k]))
-        atoms.calc = SinglePointCalculator(atoms, energy=float(traj.potential_energy_eV[replica, k]))
-        images.append(atoms)
-    ase.io.write(path, images, format="extxyz")
-
-
-THERMO_COLUMNS = ("replica", "time_ps", "temperature_K", "potential_energy_eV", "kinetic_energy_eV",
-                  "conserved_eV")
+    atomic_write(path, "".join(_extxyz(traj.frame(k), replica, traj.species, traj.cell, traj.masses_amu)
+                               for k in traj.stable_frames(replica)))
 
 
 def write_thermo(traj: Trajectory, path) -> None:
-    """Write the stable frames of every replica as CSV with the columns :data:`THERMO_COLUMNS`."""
-    with Path(path).open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(THERMO_COLUMNS)
-        for r in range(traj.positions.shape[0]):
-            for k in traj.stable_frames(r):
-                writer.writerow([r, repr(float(traj.time_ps[k]))] + [
-                    repr(float(getattr(traj, c)[r, k])) for c in THERMO_COLUMNS[2:]])
+    """Write the stable frames of every replica as CSV with the columns :data:`THERMO_COLUMNS`,
+    frame by frame, atomically."""
+    atomic_write(path, _thermo_header() + "".join(_thermo_rows(traj.frame(k)) for k in range(len(traj.time_ps))))
+
+
+RESTART_FILE = "restart.npz"
+RUN_FILES = ("trajectory*.extxyz", "thermo.csv", "stability.json", RESTART_FILE)
+"""The files :func:`run_md` writes in its folder (glob patterns)."""
+
+UNITS = {"time": "ps", "dt": "fs", "temperature": "K", "energy": "eV"}
+
+
+def _recorded_text(path: Path, sizes: dict) -> str:
+    """The first ``sizes[path.name]`` bytes of ``path``: what the last finished block left."""
+    with path.open("rb") as f:
+        data = f.read(sizes[path.name])
+    if len(data) != sizes[path.name]:
+        raise ValueError(f"{path} is shorter than the restart file records ({len(data)} of "
+                         f"{sizes[path.name]} bytes); the run's files were changed, start a new run")
+    return data.decode("utf-8")
+
+
+def read_run(out) -> Trajectory:
+    """The :class:`Trajectory` of a run folder written by :func:`run_md`, finished or not.
+
+    Reads the frames up to the last finished block that the restart file records (bytes a
+    killed run appended after it are ignored): positions and velocities from the extxyz
+    files (8 decimals: 1e-8 Å, 1e-8 Å/fs), temperatures and energies from thermo.csv
+    (exact). Frozen replicas repeat their last stable frame; ``steps_per_second`` spans every
+    invocation of the run.
+
+    Raises:
+        FileNotFoundError: ``out`` holds no restart file or a trajectory is missing.
+        ValueError: the files do not match the restart file.
+    """
+    out = Path(out)
+    state, metadata = MDState.load(out / RESTART_FILE)
+    sizes = metadata["files"]
+    rows = list(csv.reader(io.StringIO(_recorded_text(out / "thermo.csv", sizes))))[1:]
+    replica = np.array([int(row[0]) for row in rows], dtype=np.int64)
+    table = np.array([[float(x) for x in row[1:]] for row in rows], dtype=np.float64).reshape(len(rows), -1)
+    images = [ase.io.read(io.StringIO(_recorded_text(out / trajectory_name(r), sizes)), index=":",
+                          format="extxyz") for r in range(len(state.active))]
+    counts = [int((replica == r).sum()) for r in range(len(images))]
+    index = [np.minimum(np.arange(max(counts)), n - 1) for n in counts]
+    tables = [table[replica == r][i] for r, i in enumerate(index)] if min(counts) > 0 else []
+    time_ps = tables[int(np.argmax(counts))][:, 0] if tables else None
+    if [len(i) for i in images] != counts or not tables or not all(
+            np.array_equal(t[:n, 0], time_ps[:n]) for t, n in zip(tables, counts)):
+        raise ValueError(f"the trajectories in {out} hold {[len(i) for i in images]} frames and thermo.csv "
+                         f"{counts}, not the same frames; the run's files were changed, start a new run")
+    first = images[0][0]
+    return Trajectory(
+        positions=np.stack([np.stack([a.positions for a in images[r]])[i] for r, i in enumerate(index)]),
+        velocities=np.stack([np.stack([a.get_velocities() * ase.units.fs for a in images[r]])[i]
+                             for r, i in enumerate(index)]),
+        time_ps=time_ps, **{c: np.stack([t[:, k + 1] for t in tables]) for k, c in enumerate(THERMO_COLUMNS[2:])},
+        species=first.numbers.astype(np.int32), cell=first.cell.array.copy() if first.pbc.any() else None,
+        masses_amu=first.get_masses(), unstable_time_ps=state.unstable_time_ps, stop_reason=state.stop_reason,
+        steps_per_second=state.steps_done / state.wall_seconds if state.wall_seconds > 0 else float("nan"),
+        n_reallocations=state.n_reallocations)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped :func:`run_md` after its finished blocks were written.
+
+    Attributes:
+        report: the stability report written to stability.json (status "interrupted").
+    """
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+@contextmanager
+def _sigterm_interrupts():
+    """Within the ``with`` block SIGTERM raises KeyboardInterrupt, as Ctrl-C does; the
+    previous handler is restored afterwards. Off the main thread Python cannot handle
+    signals, and nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _truncate(out: Path, sizes: dict) -> None:
+    """Cut the appended files of a run to the lengths ``sizes`` (bytes) that its restart file
+    records, dropping what a stopped run wrote after its last recorded block."""
+    for name, size in sizes.items():
+        path = out / name
+        if not path.is_file() or path.stat().st_size < size:
+            raise ValueError(f"{path} is missing or shorter than {RESTART_FILE} records; the run's files "
+                             "were changed, start a new run")
+        os.truncate(path, size)
+
+
+class _RunFiles:
+    """The files of a :func:`run_md` folder, appended block by block: :meth:`write` is the
+    ``on_block`` of :func:`simulate`, which calls it while the next block runs on the device.
+
+    Each block appends its frames and thermo rows, then rewrites the restart file, which
+    records the length of every appended file, and the provisional stability.json
+    atomically. A write that is stopped half-way leaves at most a partial frame past the
+    recorded lengths, which :func:`read_run` ignores and :func:`_truncate` removes.
+    """
+
+    def __init__(self, out: Path, settings: dict, system: tuple, requested_time_ps: float,
+                 sizes: dict | None = None, blocks: int = 0, write_seconds: float = 0.0):
+        self.out, self.settings, self.system, self.requested_time_ps = out, settings, system, requested_time_ps
+        self.sizes, self.blocks, self.write_seconds, self.handles = sizes, blocks, write_seconds, None
+        self.names = [trajectory_name(r) for r in range(settings["n_replicas"])] + ["thermo.csv"]
+
+    def write(self, frame: Frame, state: MDState) -> None:
+        """Append one block's frames and rows, then record ``state``."""
+        tic = time.perf_counter()
+        if self.handles is None:
+            self.handles = {name: (self.out / name).open("ab" if self.sizes else "wb") for name in self.names}
+            if not self.sizes:
+                self.handles["thermo.csv"].write(_thermo_header().encode())
+        for r in np.flatnonzero(frame.stable):
+            self.handles[self.names[r]].write(_extxyz(frame, r, *self.system).encode())
+        self.handles["thermo.csv"].write(_thermo_rows(frame).encode())
+        for f in self.handles.values():
+            f.flush()
+        self.sizes = {name: f.tell() for name, f in self.handles.items()}
+        state.save(self.out / RESTART_FILE, {"settings": self.settings, "files": self.sizes, "blocks": self.blocks + 1,
+                                             "write_seconds": self.write_seconds + time.perf_counter() - tic})
+        self.blocks += 1
+        write_json(self.out / "stability.json", self._provisional(state))
+        self.write_seconds += time.perf_counter() - tic
+
+    def _provisional(self, state: MDState) -> dict:
+        """The cheap stability.json of a running run: the driver's verdict so far."""
+        times = [float(t) for t in state.unstable_time_ps if np.isfinite(t)]
+        return {"status": "running",
+                "simulated_time_ps": state.steps_done * self.settings["config"]["dt_fs"] / 1000.0,
+                "requested_time_ps": self.requested_time_ps, "stable": not times,
+                "time_to_instability_ps": min(times) if times else None,
+                "replicas": [{"time_to_instability_ps": t, "stop_reason": reason}
+                             for t, reason in zip(state.unstable_time_ps, state.stop_reason)],
+                **self.settings, "units": UNITS}
+
+    def close(self) -> None:
+        for f in (self.handles or {}).values():
+            f.close()
+
+
+def run_md(model, data, out, *, frame: int = 0, ensemble: str = "nve", temperature_K: float = 300.0,
+           dt_fs: float = 0.5, time_ps: float = 10.0, replicas: int = 1, log_every: int = 100,
+           friction_per_ps: float = 1.0, tau_fs: float = 100.0, seed: int = 0,
+           max_temperature_K: float | None = None, overwrite: bool = False, restart: bool = False,
+           progress: bool = True) -> dict:
+    """MD from one frame of a data set with a saved model, written to ``out`` block by block,
+    and its stability report: the ``jaxrel md`` command.
+
+    ``replicas`` copies of frame ``frame`` of ``data`` run vmapped (:func:`simulate`; replica
+    r with seed + r). After the initial frame and after every block of ``log_every`` steps
+    (while the next block runs), ``out`` receives: the new frames of the stable replicas,
+    appended to trajectory.extxyz (replica 0) and trajectory_r<k>.extxyz (replica k) in the
+    format of :func:`write_trajectory`; their rows, appended to thermo.csv
+    (:data:`THERMO_COLUMNS`); restart.npz (the :class:`MDState`, the run's settings and the
+    length of every appended file) and a provisional stability.json with status "running"
+    (simulated time and the driver's verdict so far), both rewritten atomically. At the end
+    stability.json holds the full :func:`jaxrel.stability.stability_report` of the frames on
+    disk (:func:`read_run`) against every frame of ``data``, with status "finished", the
+    settings, ``requested_time_ps``, ``n_reallocations`` and ``output_seconds_per_block``
+    (the writing time of a block, which overlaps the integration of the next one).
+
+    Ctrl-C and SIGTERM (SIGTERM raises KeyboardInterrupt only during the run; the previous
+    handler is restored) stop the run where it is. The files are then cut back to the last
+    block the restart file records (a write stopped half-way leaves nothing), so they hold
+    every finished block; stability.json becomes the full report of what was simulated with
+    status "interrupted", and :class:`RunInterrupted` is raised.
+    ``restart=True`` continues an interrupted run, or extends a finished one to a longer
+    ``time_ps``, from its last finished block, exactly as if it had not stopped, appending to
+    the same files.
+
+    Args:
+        model: checkpoint folder (``jaxrel train``'s OUT/model).
+        data: frames of the system (any format :func:`jaxrel.data.read_frames` reads): the
+            start frame and the reference of the stability report.
+        out: the run folder.
+        frame: index of the start frame in ``data``.
+        ensemble, temperature_K, dt_fs, log_every, friction_per_ps, tau_fs, seed,
+            max_temperature_K: as in :class:`MDConfig` (K, fs, 1/ps, fs, K).
+        time_ps: simulated time of the whole run, ps (n_steps = round(1000 time_ps / dt_fs)).
+        replicas: number of replicas R.
+        overwrite: replace an earlier run in ``out`` (its files only, :data:`RUN_FILES`).
+        restart: continue the run in ``out``; every setting but ``time_ps`` must be the run's.
+        progress: show a progress bar.
+
+    Returns:
+        ``{"out", "status", "stable", "time_to_instability_ps", "simulated_time_ps",
+        "steps_per_second"}`` (status "finished").
+
+    Raises:
+        ValueError: a setting out of range (the message names the ``jaxrel md`` option); an
+            ``out`` holding an earlier run without ``overwrite`` or ``restart`` (nothing is
+            changed); ``restart`` without a restart file in ``out``, with a model, data or
+            settings other than the run's, with a ``time_ps`` already simulated or with every
+            replica unstable; and the errors of :func:`simulate` (checked before the first
+            file is written).
+        FileNotFoundError: a missing model or data file.
+        RunInterrupted: Ctrl-C or SIGTERM (a KeyboardInterrupt); its report is on disk.
+        KeyboardInterrupt: Ctrl-C or SIGTERM before the initial frame was written; nothing
+            is left in ``out``.
+    """
+    from jaxrel.stability import stability_report
+
+    out = Path(out)
+    if replicas < 1:
+        raise ValueError(f"--replicas is {replicas}; run at least 1")
+    if not (math.isfinite(time_ps) and math.isfinite(dt_fs) and time_ps > 0 and dt_fs > 0):
+        raise ValueError(f"--time is {time_ps} ps and --dt is {dt_fs} fs; both must be positive")
+    if not (math.isfinite(temperature_K) and temperature_K > 0):
+        raise ValueError(f"--temperature is {temperature_K} K; give a positive temperature in kelvin")
+    if int(log_every) != log_every or log_every < 1:
+        raise ValueError(f"--log-every is {log_every}; log a frame every 1 or more steps")
+    if max_temperature_K is not None and not max_temperature_K > temperature_K:
+        raise ValueError(f"--max-temperature is {max_temperature_K} K; it must exceed --temperature "
+                         f"{temperature_K} K (default: 10 × --temperature)")
+    if restart and overwrite:
+        raise ValueError("--restart continues the run in --out and --overwrite replaces it; pass one of them")
+    n_steps = round(time_ps * 1000 / dt_fs)
+    if n_steps < 1:
+        raise ValueError(f"--time {time_ps} ps is shorter than one --dt {dt_fs} fs step; "
+                         "simulate longer or use a smaller step")
+    config = MDConfig(ensemble, dt_fs=dt_fs, temperature_K=temperature_K, n_steps=n_steps,
+                      log_every=log_every, friction_per_ps=friction_per_ps, tau_fs=tau_fs, seed=seed,
+                      max_temperature_K=max_temperature_K)
+    potential, params, _ = load_checkpoint(model)
+    frames = read_frames(data)
+    if not 0 <= frame < len(frames):
+        raise ValueError(f"--frame {frame} is not a frame of the {len(frames)} in {data}; "
+                         f"use 0..{len(frames) - 1}")
+    cell = frames.cell if frames.cell is None or frames.cell.ndim == 2 else frames.cell[frame]
+    start_positions = np.broadcast_to(frames.positions[frame], (replicas, *frames.positions.shape[1:]))
+    _, species, cell, masses_amu, _ = _checked_inputs(potential, start_positions, frames.species, cell, None, None)
+    settings = {"model": str(model), "params_sha256": params_digest((Path(model) / "params.msgpack").read_bytes()),
+                "data": str(data), "data_sha256": _frames_digest(frames), "frame": frame, "n_replicas": replicas,
+                "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "n_steps"}}
+    state, metadata = None, {"files": None, "blocks": 0, "write_seconds": 0.0}
+    if restart:
+        state, metadata = _restart_state(out, settings, config)
+        _truncate(out, metadata["files"])
+    else:
+        prepare_output(out, RUN_FILES, overwrite=overwrite)
+
+    status = "finished"
+    files = _RunFiles(out, settings, (species, cell, masses_amu), time_ps, metadata["files"], metadata["blocks"],
+                      metadata["write_seconds"])
+    with _sigterm_interrupts():
+        try:
+            simulate(potential, params, start_positions, species, cell=cell, config=config,
+                     progress=progress, on_block=files.write, start=state)
+        except KeyboardInterrupt:
+            status = "interrupted"
+        finally:
+            files.close()
+    if status == "interrupted" and not (out / RESTART_FILE).is_file():
+        for name in files.names:   # a first block stopped half-way
+            (out / name).unlink(missing_ok=True)
+        raise KeyboardInterrupt("no frame was finished, so nothing was written")
+
+    state, metadata = MDState.load(out / RESTART_FILE)
+    _truncate(out, metadata["files"])
+    report = stability_report(read_run(out), frames.positions, frames.species, cell, molecule=cell is None,
+                              ensemble=ensemble)
+    report = {"status": status, **report, "requested_time_ps": time_ps,
+              "output_seconds_per_block": metadata["write_seconds"] / metadata["blocks"],
+              "n_reallocations": state.n_reallocations, "model": str(model), "data": str(data),
+              "frame": frame, "config": dataclasses.asdict(config) | {"n_replicas": replicas}, "units": UNITS}
+    write_json(out / "stability.json", report)
+    if status == "interrupted":
+        raise RunInterrupted(f"stopped at {report['simulated_time_ps']:.4g} of {time_ps:.4g} ps; every "
+                             f"finished block is in {out} (trajectories, thermo.csv, stability.json with status "
+                             "'interrupted'); continue the run with the same settings and --restart", report)
+    return {"out": str(out), "status": status, "stable": report["stable"],
+            "time_to_instability_ps": report["time_to_instability_ps"],
+            "simulated_time_ps": report["simulated_time_ps"], "steps_per_second": report["steps_per_second"]}
+
+
+def _frames_digest(frames) -> str:
+    """SHA-256 (hex) of a data set's species, positions and cell: its identity for --restart."""
+    digest = hashlib.sha256()
+    for array in (frames.species, frames.positions, frames.cell):
+        digest.update(b"" if array is None else np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _restart_state(out: Path, settings: dict, config: MDConfig) -> tuple[MDState, dict]:
+    """The saved state and metadata of the run in ``out``, or ValueError when it cannot be
+    continued with these ``settings`` to ``config.n_steps``."""
+    path = out / RESTART_FILE
+    if not path.is_file():
+        raise ValueError(f"--restart: {out} holds no {RESTART_FILE} of an earlier run; run without "
+                         "--restart to start one")
+    state, metadata = MDState.load(path)
+    saved = metadata.get("settings", {})
+    for key, what in (("params_sha256", "model"), ("data_sha256", "data")):
+        if saved.get(key) != settings[key]:
+            raise ValueError(f"--restart: the run in {out} used the {what} {saved.get(what)}, and --{what} "
+                             f"{settings[what]} is not the same; pass the run's {what} or start a new run")
+    given = json.loads(json.dumps(settings))
+
+    def flat(s: dict) -> dict:
+        return {"frame": s.get("frame"), "replicas": s.get("n_replicas"), **s.get("config", {})}
+
+    differ = [k for k in flat(given) if flat(saved).get(k) != flat(given)[k]]
+    if differ:
+        raise ValueError(f"--restart: the run in {out} has {', '.join(f'{k}={flat(saved).get(k)}' for k in differ)}, "
+                         f"not {', '.join(f'{k}={flat(given)[k]}' for k in differ)}; repeat the run's settings "
+                         "(only --time may change)")
+    done_ps = state.steps_done * config.dt_fs / 1000.0
+    if state.steps_done >= config.n_steps:
+        raise ValueError(f"--restart: the run in {out} has simulated {done_ps:.6g} ps already; pass a longer "
+                         "--time to continue it")
+    if not state.active.any():
+        raise ValueError(f"--restart: every replica of the run in {out} became unstable by {done_ps:.6g} ps; "
+                         "there is nothing to continue")
+    return state, metadata

@@ -23,11 +23,15 @@ from __future__ import annotations
 import numpy as np
 from ase.data import chemical_symbols, covalent_radii
 
-from jaxrel.geometry import cell_heights, check_cell, partial_rdf
+from jaxrel.geometry import cell_heights, check_cell, minimum_image, partial_rdf
 from jaxrel.md import ENSEMBLES
 
 # Distances per chunk of frames in the histogram helper (≈ 100 MB of float64 temporaries).
 _DISTANCES_PER_CHUNK = 1_000_000
+
+COLLAPSE_FRACTION = 0.7
+"""Default of :func:`time_to_collapse`: atoms collapse below 0.7 × the shortest reference
+distance of their species pair."""
 
 
 def _trajectory_array(positions, name: str = "positions") -> np.ndarray:
@@ -139,15 +143,17 @@ def time_to_bond_instability(positions, time_ps, pairs, reference_lengths,
     return float(time_ps[broken[0]]) if broken.size else None
 
 
-def time_to_collapse(positions, time_ps, reference_positions, species,
-                     fraction: float = 0.7) -> float | None:
+def time_to_collapse(positions, time_ps, reference_positions, species, fraction: float = COLLAPSE_FRACTION,
+                     cell=None) -> float | None:
     """First time at which two atoms come closer than ``fraction`` × the shortest distance
-    between atoms of their species pair anywhere in the reference data (free space).
+    between atoms of their species pair anywhere in the reference data.
 
     jaxrel's addition to Fu et al.'s bond criterion (arXiv:2210.07237): a molecule can
     fall into a spurious minimum while every bond stays within 0.5 Å of its length, e.g.
-    two hydrogens of one carbon collapsing to 0.5 Å (seen with PaiNN on ethanol at 500 K).
-    Non-finite distances also count.
+    two hydrogens of one carbon collapsing to 0.5 Å (seen with PaiNN on ethanol at 500 K);
+    atoms of a liquid can fall onto each other likewise. Distances are minimum-image
+    distances (:func:`jaxrel.geometry.minimum_image`) when ``cell`` is given, in the
+    trajectory and in the reference alike. Non-finite distances also count.
 
     Args:
         positions: (n_frames, n_atoms, 3) float, Å, one replica.
@@ -155,32 +161,64 @@ def time_to_collapse(positions, time_ps, reference_positions, species,
         reference_positions: (n_ref_frames, n_atoms, 3) float, Å.
         species: (n_atoms,) int atomic numbers.
         fraction: dimensionless, in (0, 1].
+        cell: (3, 3) float, Å, rows are the cell vectors of a periodic system; None for
+            free space.
 
     Returns:
         ``time_ps`` of the first collapsed frame, or None.
 
     Raises:
-        ValueError: shapes that do not match, or ``fraction`` outside (0, 1].
+        ValueError: shapes that do not match, ``fraction`` outside (0, 1], or a bad cell.
     """
+    frames = _trajectory_array(positions)
+    time_ps = _time_array(time_ps, frames.shape[0])
+    pairs, floor = _collapse_floor(reference_positions, species, frames.shape[1], fraction, cell)
+    return _first_collapse(frames, time_ps, pairs, floor, cell)
+
+
+def _pair_distances(frames: np.ndarray, pairs: np.ndarray, cell):
+    """Yield ``(first frame, (n_chunk, n_pairs) distances in Å)`` over chunks of frames: the
+    minimum-image distances (free space when ``cell`` is None) of the atom pairs."""
+    chunk = max(1, _DISTANCES_PER_CHUNK // max(len(pairs), 1))
+    for start in range(0, frames.shape[0], chunk):
+        d = frames[start:start + chunk, pairs[:, 1]] - frames[start:start + chunk, pairs[:, 0]]
+        yield start, np.linalg.norm(minimum_image(d, cell), axis=-1)
+
+
+def _collapse_floor(reference_positions, species, n_atoms: int, fraction: float,
+                    cell) -> tuple[np.ndarray, np.ndarray]:
+    """``(pairs (n_pairs, 2), floor (n_pairs,) Å)``: every atom pair i < j and ``fraction``
+    × the shortest reference distance of its species pair (:func:`time_to_collapse`)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction is {fraction}; pass a number in (0, 1]")
-    frames = _trajectory_array(positions)
     reference = _trajectory_array(reference_positions, "reference_positions")
-    time_ps = _time_array(time_ps, frames.shape[0])
-    n_atoms = frames.shape[1]
     if reference.shape[1] != n_atoms:
         raise ValueError(f"reference_positions hold {reference.shape[1]} atoms but positions "
-                         f"hold {n_atoms}; pass frames of the same molecule")
+                         f"hold {n_atoms}; pass frames of the same system")
     species = _species_array(species, n_atoms)
+    cell = None if cell is None else check_cell(cell)
     pairs = np.stack(np.triu_indices(n_atoms, k=1), axis=1)
     if not len(pairs):
-        return None
-    z = np.sort(species[pairs], axis=1)
-    _, kind = np.unique(z, axis=0, return_inverse=True)
+        return pairs, np.zeros(0)
+    _, kind = np.unique(np.sort(species[pairs], axis=1), axis=0, return_inverse=True)
+    kind = kind.ravel()
+    closest = np.full(len(pairs), np.inf)
+    for _, distances in _pair_distances(reference, pairs, cell):
+        closest = np.minimum(closest, distances.min(axis=0))
     shortest = np.full(kind.max() + 1, np.inf)
-    np.minimum.at(shortest, kind.ravel(), _bond_lengths(reference, pairs).min(axis=0))
-    collapsed = np.flatnonzero(~(_bond_lengths(frames, pairs) >= fraction * shortest[kind.ravel()]).all(axis=1))
-    return float(time_ps[collapsed[0]]) if collapsed.size else None
+    np.minimum.at(shortest, kind, closest)
+    return pairs, fraction * shortest[kind]
+
+
+def _first_collapse(frames: np.ndarray, time_ps: np.ndarray, pairs: np.ndarray, floor: np.ndarray,
+                    cell) -> float | None:
+    """``time_ps`` of the first frame with a pair distance below its ``floor`` (or not
+    finite), or None."""
+    for start, distances in _pair_distances(frames, pairs, cell):
+        collapsed = np.flatnonzero(~(distances >= floor).all(axis=1))
+        if collapsed.size:
+            return float(time_ps[start + collapsed[0]])
+    return None
 
 
 def _check_bins(r_max: float, n_bins: int) -> np.ndarray:
@@ -372,12 +410,16 @@ def stability_report(traj, reference_positions, species, cell=None, *, molecule:
     Per replica the instability time is the earliest of (a) the driver's
     ``unstable_time_ps`` (NaN where it ran to the end), (b) for molecules the bond
     criterion of :func:`time_to_bond_instability` with bonds and mean lengths from
-    ``reference_positions`` (Fu et al. 2023, arXiv:2210.07237, Δ = 0.5 Å), (c) for
-    molecules the atom collapse of :func:`time_to_collapse` (jaxrel's addition), and (d)
-    the first frame with non-finite positions. h(r) error (molecules), RDF error (periodic
-    systems, mean over species pairs) and, for ``ensemble="nve"``, the energy drift are
-    computed from the frames strictly before that time (None when there are none, or
-    fewer than two for the drift).
+    ``reference_positions`` (Fu et al. 2023, arXiv:2210.07237, Δ = 0.5 Å), (c) the atom
+    collapse of :func:`time_to_collapse` (jaxrel's addition; minimum-image distances in
+    periodic systems), and (d) the first frame with non-finite positions. h(r) error
+    (molecules), RDF error (periodic systems, mean over species pairs) and, for
+    ``ensemble="nve"``, the energy drift are computed from the frames strictly before that
+    time (None when there are none, or fewer than two for the drift).
+
+    The simulated time is the later of the last frame's time and the driver's instability
+    times: a driver that stops when every replica is unstable does not log the block in
+    which that happened, but simulated it. So no instability time exceeds it.
 
     Args:
         traj: a :class:`jaxrel.md.Trajectory` (or any object with its fields):
@@ -399,7 +441,7 @@ def stability_report(traj, reference_positions, species, cell=None, *, molecule:
         ``time_to_instability_ps`` (earliest over replicas, or None), ``hr_mae`` (mean over
         replicas, dimensionless, or None), ``rdf_error`` (mean over replicas, Å, or None),
         ``energy_drift_meV_per_atom_per_ps`` (mean over replicas, or None),
-        ``steps_per_second`` (the driver's; None if it is NaN), ``simulated_time_ps``,
+        ``steps_per_second`` (the driver's; None if it is NaN), ``simulated_time_ps`` (ps),
         and ``replicas``: one dict per replica with ``time_to_instability_ps``,
         ``instability`` ("driver", "bond", "collapse", "non-finite positions" or None),
         ``stop_reason``, ``n_frames_used``, ``hr_mae``, ``rdf_error`` (per pair),
@@ -434,16 +476,18 @@ def stability_report(traj, reference_positions, species, cell=None, *, molecule:
                          f"{conserved.shape} do not match {n_replicas} replicas of "
                          f"{n_frames} frames")
     pairs, lengths = bonds_from_reference(reference, species) if molecule else (None, None)
+    atom_pairs, floor = _collapse_floor(reference, species, n_atoms, COLLAPSE_FRACTION, cell)
     if r_max is None:
         r_max = 10.0 if molecule else min(6.0, cell_heights(cell).min() / 2)
     replicas = []
     for r in range(n_replicas):
-        candidates = {"driver": _finite_or_none(driver_times[r])}
+        non_finite = np.flatnonzero(~np.isfinite(positions[r]).all(axis=(1, 2)))
+        # in this order, so that a tie names the plainest cause (NaN positions also break bonds)
+        candidates = {"driver": _finite_or_none(driver_times[r]),
+                      "non-finite positions": float(time_ps[non_finite[0]]) if non_finite.size else None}
         if molecule:
             candidates["bond"] = time_to_bond_instability(positions[r], time_ps, pairs, lengths)
-            candidates["collapse"] = time_to_collapse(positions[r], time_ps, reference, species)
-        non_finite = np.flatnonzero(~np.isfinite(positions[r]).all(axis=(1, 2)))
-        candidates["non-finite positions"] = float(time_ps[non_finite[0]]) if non_finite.size else None
+        candidates["collapse"] = _first_collapse(positions[r], time_ps, atom_pairs, floor, cell)
         found = {k: t for k, t in candidates.items() if t is not None}
         source = min(found, key=found.get) if found else None
         t_unstable = found[source] if source else None
@@ -472,6 +516,6 @@ def stability_report(traj, reference_positions, species, cell=None, *, molecule:
         "energy_drift_meV_per_atom_per_ps": _mean_or_none(
             [rep["energy_drift_meV_per_atom_per_ps"] for rep in replicas]),
         "steps_per_second": _finite_or_none(traj.steps_per_second),
-        "simulated_time_ps": float(time_ps[-1]),
+        "simulated_time_ps": float(np.nanmax(np.append(driver_times, time_ps[-1]))),
         "replicas": replicas,
     }

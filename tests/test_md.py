@@ -1,5 +1,6 @@
 """Molecular dynamics: conservation laws, neighbour-list reallocation, replicas, thermostats,
-instability handling, output files and the ``jaxrel md`` command line.
+instability handling, output files, the ``jaxrel md`` command line, and runs written block by
+block that survive interruption and continue exactly with --restart.
 
 Compiled MD code is cached per (model, ensemble, system size, cell, capacity), so the tests
 share small systems: an O–H–H molecule (free space, 6 directed edges at any geometry) and
@@ -7,6 +8,8 @@ share small systems: an O–H–H molecule (free space, 6 directed edges at any 
 """
 
 import json
+import os
+import signal
 from dataclasses import dataclass, replace
 
 import ase.io
@@ -16,10 +19,13 @@ import numpy as np
 import pytest
 
 from helpers import argon_potential, liquid, morse_dimers, small_potential
+import jaxrel.md as md
 from jaxrel.checkpoint import save_checkpoint
 from jaxrel.cli import main
-from jaxrel.md import THERMO_COLUMNS, MDConfig, simulate, write_thermo, write_trajectory
+from jaxrel.graph import edge_lengths
+from jaxrel.md import THERMO_COLUMNS, MDConfig, MDState, Trajectory, simulate, write_thermo, write_trajectory
 from jaxrel.models import Potential
+from jaxrel.stability import stability_report, time_to_collapse
 
 WATER = np.array([[0.0, 0, 0], [0.97, 0, 0], [-0.25, 0.93, 0]])
 WATER_SPECIES = np.array([8, 1, 1])
@@ -144,18 +150,19 @@ def test_a_huge_time_step_stops_the_run_with_a_clear_reason_and_no_nan_frames(ar
                     progress=False, config=MDConfig(dt_fs=200.0, n_steps=1000, log_every=50, capacity_multiplier=BOX))
     t = traj.unstable_time_ps[0]
     assert np.isfinite(t) and t < 200.0
-    assert traj.stop_reason[0].startswith("temperature") and f"> 3000 K at {t:.4g} ps" in traj.stop_reason[0]
+    reason = traj.stop_reason[0]
+    assert reason.startswith("temperature") and "K > 3000 K (conserved energy off by" in reason
+    assert reason.endswith(f"kinetic energy gained) at {t:.4g} ps")
     assert traj.time_ps[-1] < t and len(traj.time_ps) < 21
     for field in ("positions", "velocities", "temperature_K", "conserved_eV"):
         assert np.isfinite(getattr(traj, field)).all()
 
 
 @dataclass(frozen=True)
-class NaNOutside:
-    """A potential whose energy is NaN once an atom leaves a sphere of ``radius`` Å."""
+class Borrowing:
+    """A test potential that borrows the config and species of a real ``potential``."""
 
     potential: Potential
-    radius: float
 
     @property
     def config(self):
@@ -163,6 +170,13 @@ class NaNOutside:
 
     def check_species(self, species):
         self.potential.check_species(species)
+
+
+@dataclass(frozen=True)
+class NaNOutside(Borrowing):
+    """A potential whose energy is NaN once an atom leaves a sphere of ``radius`` Å."""
+
+    radius: float
 
     def energy(self, params, graph):
         outside = jnp.linalg.norm(graph.positions, axis=-1).max() > self.radius
@@ -285,9 +299,175 @@ def test_md_command_writes_trajectory_thermo_and_stability(md_model_and_data, tm
     (["--time", "-1"], "--time is -1.0 ps"),
     (["--frame", "9"], "--frame 9 is not a frame of the 6"),
     (["--replicas", "0"], "--replicas is 0"),
+    (["--log-every", "0"], "--log-every is 0"),
+    (["--temperature", "-5"], "--temperature is -5.0 K"),
+    (["--max-temperature", "200"], "--max-temperature is 200.0 K; it must exceed --temperature 300.0 K"),
+    (["--restart"], "holds no restart.npz of an earlier run"),
+    (["--restart", "--overwrite"], "pass one of them"),
 ])
 def test_md_command_rejects_bad_settings_in_one_line(md_model_and_data, tmp_path, capsys, argv, message):
     model, data = md_model_and_data
     code = main(["md", "--model", str(model), "--data", str(data), "--quiet", "--out", str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and "\n" not in err
+
+
+@dataclass(frozen=True)
+class Springs(Borrowing):
+    """Harmonic springs E = Σ_(i<j) ½ k (r_ij − r0)² between atoms within the cutoff of
+    ``potential`` (whose config and species it borrows); k in eV/Å², r0 in Å."""
+
+    k: float = 10.0
+    r0: float = 1.0
+
+    def energy(self, params, graph):
+        _, r = edge_lengths(graph)   # directed edges: every pair twice
+        return 0.25 * self.k * jnp.sum(jnp.where(graph.edge_mask, (r - self.r0) ** 2, 0.0))
+
+
+STRETCHED = np.array([[0.0, 0, 0], [1.3, 0, 0], [0.65, 1.3 * np.sqrt(3) / 2, 0]])  # springs 0.3 Å long
+
+
+@pytest.fixture(scope="module")
+def blow_up(molecule):
+    """The stretched springs under velocity Verlet with an 8 fs step, beyond its stability
+    limit dt < 2/ω (ω ≈ 0.5/fs for the hydrogens)."""
+    potential, params = molecule
+    return simulate(Springs(potential), params, STRETCHED, WATER_SPECIES, progress=False,
+                    config=MDConfig(dt_fs=8.0, temperature_K=10.0, n_steps=400, log_every=10))
+
+
+def test_a_cold_nve_run_heated_by_its_potential_energy_is_stable_but_a_blow_up_is_not(molecule, blow_up):
+    """Springs 0.3 Å too long hold 1.35 eV: started at 10 K, the molecule heats far above the
+    100 K limit while velocity Verlet (dt = 0.25 fs) conserves E_pot + E_kin, so it stays
+    stable; Langevin, with nothing conserved, keeps the plain limit; the 8 fs step creates its
+    heat and is unstable."""
+    potential, params = molecule
+    config = MDConfig(dt_fs=0.25, temperature_K=10.0, n_steps=400, log_every=20, friction_per_ps=0.1)
+    nve = simulate(Springs(potential), params, STRETCHED, WATER_SPECIES, progress=False, config=config)
+    assert nve.stop_reason == [None] and nve.temperature_K.max() > 1000.0
+    assert np.ptp(nve.conserved_eV) < 1e-2 * np.ptp(nve.potential_energy_eV)   # O((ω dt)²), ω dt ≈ 0.15
+    langevin = simulate(Springs(potential), params, STRETCHED, WATER_SPECIES, progress=False,
+                        config=replace(config, ensemble="nvt-langevin"))
+    assert langevin.stop_reason[0].startswith("temperature") and "K > 100 K at" in langevin.stop_reason[0]
+    reason = blow_up.stop_reason[0]
+    assert reason.startswith("non-finite") or "K > 100 K (conserved energy off by" in reason
+
+
+def test_the_time_of_instability_is_never_later_than_the_simulated_time(blow_up):
+    """Every replica fails in one block, which is not logged; the report counts it as simulated."""
+    t = blow_up.unstable_time_ps[0]
+    assert np.isfinite(t) and blow_up.time_ps[-1] < t
+    report = stability_report(blow_up, STRETCHED[None], WATER_SPECIES, molecule=True, ensemble="nve")
+    assert report["simulated_time_ps"] == pytest.approx(t)
+    assert report["time_to_instability_ps"] <= report["simulated_time_ps"] and not report["stable"]
+
+
+def test_atoms_collapsing_across_a_periodic_boundary_are_detected(argon):
+    """Atom 0 moves 0.5 Å from the periodic image of atom 1 (8 Å away in free space)."""
+    *_, atoms = argon
+    cell, reference = atoms.cell.array, atoms.positions
+    frames = np.stack([reference] * 3)
+    frames[1:, 0] = reference[1] + [0.5, 0, 0] - cell[0]
+    time_ps = np.array([0.0, 0.1, 0.2])
+    assert time_to_collapse(frames, time_ps, reference[None], atoms.numbers, cell=cell) == pytest.approx(0.1)
+    assert time_to_collapse(frames, time_ps, reference[None], atoms.numbers) is None
+    zeros = np.zeros((1, 3))
+    traj = Trajectory(frames[None], np.zeros_like(frames[None]), time_ps, zeros, zeros, zeros, zeros,
+                      atoms.numbers, cell, atoms.get_masses(), np.array([np.nan]), [None], 1.0, 0)
+    report = stability_report(traj, reference[None], atoms.numbers, cell, molecule=False, ensemble="nve")
+    assert report["replicas"][0]["instability"] == "collapse"
+    assert report["time_to_instability_ps"] == pytest.approx(0.1)
+
+
+@pytest.fixture(scope="module")
+def md_model64(md_model_and_data, tmp_path_factory):
+    """The float64 one-interaction SchNet, saved, and the Morse-dimer file."""
+    model = tmp_path_factory.mktemp("md64") / "model"
+    save_checkpoint(model, *small_potential("float64"))
+    return model, md_model_and_data[1]
+
+
+def md_args(model, data, out, *extra):
+    return ["md", "--model", str(model), "--data", str(data), "--dt", "0.5", "--log-every", "10",
+            "--replicas", "2", "--quiet", "--out", str(out), *extra]
+
+
+RUN = ("trajectory.extxyz", "trajectory_r1.extxyz", "thermo.csv")
+
+
+@pytest.mark.parametrize("ensemble", ["nve", "nvt-langevin"])
+def test_a_run_continued_with_restart_equals_the_uninterrupted_run(md_model64, tmp_path, ensemble):
+    """Two blocks in one run, or one block and a --restart to the same time: the same files to the
+    byte (thermo.csv holds repr floats) and the same integrator state (Langevin: its PRNG keys)."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(md_args(*md_model64, whole, "--ensemble", ensemble, "--time", "0.01")) == 0
+    assert main(md_args(*md_model64, split, "--ensemble", ensemble, "--time", "0.005")) == 0
+    assert main(md_args(*md_model64, split, "--ensemble", ensemble, "--time", "0.01", "--restart")) == 0
+    for name in RUN:
+        assert (whole / name).read_bytes() == (split / name).read_bytes()
+    assert len(np.genfromtxt(split / "thermo.csv", delimiter=",", names=True)) == 2 * 3
+    states = [MDState.load(out / "restart.npz")[0] for out in (whole, split)]
+    assert states[0].steps_done == states[1].steps_done == 20
+    assert len(states[0].integrator) == len(states[1].integrator) >= 4
+    for a, b in zip(states[0].integrator, states[1].integrator):
+        np.testing.assert_array_equal(a, b)
+    report = json.loads((split / "stability.json").read_text())
+    assert report["status"] == "finished" and report["simulated_time_ps"] == pytest.approx(0.01)
+
+
+def test_sigterm_keeps_every_finished_block_and_restart_completes_the_run(md_model64, tmp_path, monkeypatch,
+                                                                         capsys):
+    """SIGTERM after the first block is written: the run stops there (or a block later), every
+    finished block is complete on disk, stability.json has the full report of what was
+    simulated with status "interrupted", the old handler is back, and --restart ends with the
+    files of a run that was never stopped."""
+    out, whole = tmp_path / "run", tmp_path / "whole"
+    argv = md_args(*md_model64, out, "--ensemble", "nvt-langevin", "--time", "0.05")
+    write = md._RunFiles.write
+
+    def write_and_terminate(self, frame, state):
+        write(self, frame, state)
+        if state.steps_done == 10:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(md._RunFiles, "write", write_and_terminate)
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("jaxrel md: interrupted: stopped at")
+    assert str(out) in err and "--restart" in err
+    assert signal.getsignal(signal.SIGTERM) is handler
+    state, _ = MDState.load(out / "restart.npz")
+    n_frames = state.steps_done // 10 + 1
+    assert 10 <= state.steps_done <= 20
+    assert len(np.genfromtxt(out / "thermo.csv", delimiter=",", names=True)) == 2 * n_frames
+    assert len(ase.io.read(out / "trajectory_r1.extxyz", index=":")) == n_frames
+    report = json.loads((out / "stability.json").read_text())
+    assert report["status"] == "interrupted"
+    assert report["simulated_time_ps"] == pytest.approx(state.steps_done * 5e-4)
+    assert len(report["replicas"]) == 2 and report["hr_mae"] > 0
+    monkeypatch.undo()
+    assert main(md_args(*md_model64, out, "--ensemble", "nvt-langevin", "--time", "0.05", "--seed", "1",
+                        "--restart")) == 2
+    assert "has seed=0, not seed=1" in capsys.readouterr().err
+    assert main(argv + ["--restart"]) == 0
+    assert main(md_args(*md_model64, whole, "--ensemble", "nvt-langevin", "--time", "0.05")) == 0
+    for name in RUN:
+        assert (whole / name).read_bytes() == (out / name).read_bytes()
+    assert json.loads((out / "stability.json").read_text())["status"] == "finished"
+
+
+def test_an_earlier_run_is_refused_unchanged_and_overwrite_leaves_no_stale_replica(md_model64, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(md_args(*md_model64, out, "--time", "0.005")) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "trajectory_r1.extxyz" in before
+    one = md_args(*md_model64, out, "--time", "0.005")
+    one[one.index("--replicas") + 1] = "1"
+    assert main(one) == 2
+    assert "already holds an earlier run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main(one + ["--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["restart.npz", "stability.json", "thermo.csv",
+                                                     "trajectory.extxyz"]

@@ -195,7 +195,7 @@ def test_report_takes_the_earliest_of_driver_and_bond_instability_and_is_json():
 def test_report_for_a_periodic_system_gives_rdf_errors_and_no_drift_under_nvt():
     cell = np.diag([9.0, 9.0, 9.0])
     species = np.where(np.arange(30) % 3 == 0, 8, 1)
-    positions = uniform_gas(cell, n_atoms=30, n_frames=20)[None]
+    positions = uniform_gas(cell, 30, 20, seed=5)[None].copy()
     positions[0, 15:] = np.nan
     traj = fake_trajectory(positions, DT_PS * np.arange(20), [np.nan], cell=cell, species=species)
     report = stability_report(traj, uniform_gas(cell, 30, 20, seed=5), species, cell,

@@ -232,7 +232,7 @@ def test_layer_methods_raise_a_clear_error(potential):
 
 def test_config_stores_one_interaction_and_still_rejects_zero():
     assert ModelConfig("bodyordered", (1,), n_interactions=3).n_interactions == 1
-    with pytest.raises(ValueError, match="n_interactions ≥ 1"):
+    with pytest.raises(ValueError, match=r"n_interactions \(--interactions\) is 0; it must be at least 1"):
         ModelConfig("bodyordered", (1,), n_interactions=0)
 
 

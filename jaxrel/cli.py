@@ -29,7 +29,8 @@ def _train(args) -> dict:
                            learning_rate=args.lr, energy_weight=args.energy_weight,
                            forces_weight=args.forces_weight, species_energies=args.species_energies,
                            n_train=args.train, n_validation=args.validation, seed=args.seed, seeds=args.seeds,
-                           overwrite=args.overwrite, progress=not args.quiet)
+                           prior=None if args.prior == "none" else args.prior, overwrite=args.overwrite,
+                           progress=not args.quiet)
     training = metrics["training"]
     if training["interrupted"]:
         print(f"jaxrel train: interrupted at epoch {training['epochs']}; the best model (epoch "
@@ -211,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--species-energies", choices=["fit", "zero"], default="fit",
                    help="per-species energy shifts: least-squares fit to the training energies "
                         "(default) or zero (isolated atoms at energy 0, e.g. noble-gas ground truth)")
+    p.add_argument("--prior", choices=["none", "repulsive"], default="none",
+                   help="fixed pair term added to the network: 'repulsive' = ε (σ/r)^12 with σ the closest "
+                        "approach of each species pair in the training data and ε = F_rms σ / 12, the "
+                        "safeguard against bead overlap in coarse-grained force matching (default none)")
     p.add_argument("--train", type=int, help="training frames (default: all but validation/test)")
     p.add_argument("--validation", type=int, help="validation frames (default 5%%)")
     p.add_argument("--seed", type=int, default=0, help="split, shuffling and initialisation seed (default 0)")
@@ -311,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps (default 1)")
     p.add_argument("--tau", type=float, default=100.0, help="Nosé–Hoover time constant, fs (default 100)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mass", help="amu: one mass for every atom or bead (e.g. 18.015), or Z:M,Z:M per species id "
+                                  "(e.g. 1:18.015,2:16.043); default: the data's masses (the shared CG water and "
+                                  "methane sets give their bead masses), else the elements' standard masses; "
+                                  "required for other coarse-grained data")
     p.add_argument("--max-temperature", type=float,
                    help="K: a replica hotter than this is unstable (default 10 × --temperature); in nve and "
                         "nvt-nh only if its conserved energy also moved by more than half the kinetic energy "
@@ -328,13 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _md(args) -> dict:
-    from jaxrel.md import run_md
+    from jaxrel.md import parse_masses, run_md
 
     return run_md(args.model, args.data, args.out, frame=args.frame, ensemble=args.ensemble,
                   temperature_K=args.temperature, dt_fs=args.dt, time_ps=args.time, replicas=args.replicas,
                   log_every=args.log_every, friction_per_ps=args.friction, tau_fs=args.tau, seed=args.seed,
-                  max_temperature_K=args.max_temperature, overwrite=args.overwrite, restart=args.restart,
-                  progress=not args.quiet)
+                  max_temperature_K=args.max_temperature,
+                  masses=None if args.mass is None else parse_masses(args.mass),
+                  overwrite=args.overwrite, restart=args.restart, progress=not args.quiet)
 
 
 def _float64(args) -> bool:

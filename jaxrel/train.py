@@ -31,6 +31,7 @@ from jaxrel.files import prepare_output, write_json
 from jaxrel.graph import Graph, build_graphs
 from jaxrel.models import ModelConfig, Potential
 from jaxrel.models.potential import SpeciesShift
+from jaxrel.models.prior import fit_repulsive_prior
 
 FILES = ("model", "model_seed*", "metrics.json", "ensemble.json")
 """What :func:`train_potential` writes into its output folder."""
@@ -349,7 +350,8 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
                     minutes: float | None = None, batch_size: int = 8,
                     learning_rate: float = 1e-3, energy_weight: float = 0.05, forces_weight: float = 0.95,
                     species_energies: str = "fit", n_train: int | None = None, n_validation: int | None = None,
-                    seed: int = 0, seeds: int = 1, overwrite: bool = False, progress: bool = True) -> dict:
+                    seed: int = 0, seeds: int = 1, prior: str | None = None, overwrite: bool = False,
+                    progress: bool = True) -> dict:
     """Train a potential on a data file and write ``OUT/model/`` and ``OUT/metrics.json``.
 
     Nothing is computed before the settings, the output folder and the data are checked.
@@ -365,6 +367,10 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
     fit to the training energies (``species_energies="fit"``) or zero (``"zero"``, e.g. for
     noble gases, whose isolated atoms have energy 0); the network's energy scale is the
     training forces' RMS (eV/Å × 1 Å) or, without forces, the per-atom energy spread.
+    Without energies (force matching of coarse-grained data, ``energy_weight=0``) the shifts
+    are 0: a CG energy is a free energy defined up to a constant, and jaxrel fixes that
+    constant by having no per-bead offset, so the energy is the network's output (plus the
+    prior); only energy differences and forces carry meaning.
 
     Args:
         data: a file :func:`jaxrel.data.read_frames` reads; test_data: an optional separate one.
@@ -375,6 +381,9 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
         epochs or minutes, batch_size, learning_rate, energy_weight, forces_weight, seed:
             :class:`TrainConfig`.
         species_energies: ``"fit"`` or ``"zero"``.
+        prior: ``"repulsive"`` adds the fixed pair prior of :mod:`jaxrel.models.prior`, fitted to
+            the training frames' closest approaches and force RMS, to the network (it is part
+            of the energy in training, MD and every explanation); None for none.
         n_train, n_validation: frame counts (None: the defaults above).
         seeds: ensemble size K. With K > 1 the models initialised with seeds seed … seed + K − 1
             are trained in one vmapped run on the same batches (:func:`train`) and saved as
@@ -441,13 +450,17 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
     features = (int(n_features),) if np.ndim(n_features) == 0 else tuple(int(f) for f in n_features)
     config = ModelConfig(model, tuple(species), cutoff=cutoff, n_features=features[0],
                          n_interactions=n_interactions, n_rbf=n_rbf, dtype=dtype, lmax=lmax,
-                         features_per_l=features if len(features) > 1 else None)
+                         features_per_l=features if len(features) > 1 else None, prior=prior)
     out = prepare_output(out, FILES, overwrite=overwrite)
-    members = list(range(seed, seed + seeds))
-    created = [Potential.create(config, shifts, max(scale, 1e-3), seed=s) for s in members]
-    potential = created[0][0]
     graphs = {name: labelled_graphs(f, cutoff, dtype)
               for name, f in (("train", train_frames), ("validation", val_frames), ("test", test_frames))}
+    fitted = None
+    if prior is not None:
+        force_rms = scale if train_frames.forces is not None else 0.0
+        fitted = fit_repulsive_prior(graphs["train"][0], config.species, force_rms)
+    members = list(range(seed, seed + seeds))
+    created = [Potential.create(config, shifts, max(scale, 1e-3), seed=s, prior=fitted) for s in members]
+    potential = created[0][0]
     folders = [out / "model"] if seeds == 1 else [out / f"model_seed{s}" for s in members]
     bests, histories = train(potential, [p for _, p in created], graphs["train"], graphs["validation"],
                              train_config, checkpoint_dir=folders, progress=progress)
@@ -456,7 +469,7 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
                 "rbf": n_rbf,
                 "dtype": dtype, "epochs": epochs, "minutes": minutes, "batch_size": batch_size,
                 "lr": learning_rate, "energy_weight": energy_weight, "forces_weight": forces_weight,
-                "species_energies": species_energies, "train": n_train, "validation": n_validation,
+                "species_energies": species_energies, "prior": prior, "train": n_train, "validation": n_validation,
                 "seed": seed, "seeds": seeds, "out": str(out)}
     per_member = {}
     for s, best, history, folder in zip(members, bests, histories, folders):

@@ -37,6 +37,8 @@ FIGURE_CAPTIONS = {
     "pair_curves": "Mean 2-body relevance R₂ against pair distance (band: ± standard error of the "
                    "mean), with the radial distribution on the right axis (Bonneau et al. 2024, "
                    "arXiv:2407.04526).",
+    "pair_curves_network": "The same 2-body relevance without the model's fixed repulsive prior: what the "
+                           "network itself learned (the prior is an exact pair term, listed apart).",
     "decay": "Mean |R₂| against distance on a log scale and the fitted exponential decay "
              "(Esders et al. 2025, arXiv:2410.13833).",
     "triplet_angles": "Mean 3-body relevance against the angle at the centre atom (the vertex "

@@ -53,7 +53,8 @@ def write_analysis(explanation: Explanation, out_dir, *, names: dict[int, str] |
 
     Writes (each only when its inputs exist: pair analyses need 2-body terms, triplet
     profiles 3-body terms, the atomwise plot ``local_energies``): ``pair_curves.png`` (with
-    the RDF on a twin axis), ``triplet_angles.png``, ``triplet_distances.png``,
+    the RDF on a twin axis; for a model with a prior also ``pair_curves_network.png`` and
+    ``.csv``, the 2-body terms without the prior), ``triplet_angles.png``, ``triplet_distances.png``,
     ``body_order_shares.png``, ``decay.png``, ``atomwise.png``; ``pair_curves.csv``,
     ``rdf.csv``, ``triplet_angles.csv``, ``triplet_distances.csv``,
     ``interaction_strength.csv``; and ``analysis.json`` with every result (no NaN or inf:
@@ -103,6 +104,16 @@ def write_analysis(explanation: Explanation, out_dir, *, names: dict[int, str] |
                     for key, (r, g) in sorted(rdf.items()) for x, y in zip(r, g)])
         figures["pair_curves"] = plot_pair_curves(curves, out / "pair_curves.png", rdf=rdf, names=names,
                                                   rdf_label=label, title="2-body relevance against distance")
+        if tables[2].prior is not None:      # a model with a prior: the network's part alone as well
+            network = pair_relevance_curve(tables[2].with_relevance(tables[2].relevance - tables[2].prior),
+                                           n_bins=n_bins)
+            result["pair_curves_network"] = network
+            files["pair_curves_network"] = out / "pair_curves_network.csv"
+            _write_csv(files["pair_curves_network"], ["pair", "label", "r_center_A", "mean_eV", "sem_eV", "count"],
+                       _binned_rows(network, names))
+            figures["pair_curves_network"] = plot_pair_curves(
+                network, out / "pair_curves_network.png", rdf=rdf, names=names, rdf_label=label,
+                title="2-body relevance of the network alone (the fixed prior removed)")
         strength = interaction_strength(tables[2])
         result["interaction_strength"] = strength
         files["interaction_strength"] = out / "interaction_strength.csv"

@@ -27,10 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxrel.graph import Graph, check_positions
+from jaxrel.graph import Graph, check_positions, edge_lengths
 from jaxrel.models.bodyordered import BodyOrdered
 from jaxrel.models.nequip import NequIP
 from jaxrel.models.painn import PaiNN
+from jaxrel.models.prior import PRIORS, repulsive_energy
 from jaxrel.models.schnet import SchNet
 from jaxrel.nn import RuleSet, resolve_rules
 
@@ -64,6 +65,8 @@ class ModelConfig:
             (default 1); None for the other models.
         features_per_l: NequIP only: channel multiplicities (F_0, …, F_L), F_0 = n_features
             (default F_0 for every l); None for the other models.
+        prior: a fixed pair term added to the network's energy, ``"repulsive"``
+            (:mod:`jaxrel.models.prior`, for coarse-grained force matching), or None.
     """
 
     model: str
@@ -75,8 +78,11 @@ class ModelConfig:
     dtype: str = "float32"
     lmax: int | None = None
     features_per_l: tuple[int, ...] | None = None
+    prior: str | None = None
 
     def __post_init__(self):
+        if self.prior is not None and self.prior not in PRIORS:
+            raise ValueError(f"prior (--prior) is {self.prior!r}; use one of {', '.join(PRIORS)} or none")
         if self.model not in ARCHITECTURES:
             raise ValueError(f"unknown model {self.model!r}; known: {sorted(ARCHITECTURES)}")
         if not self.species or min(self.species) < 1:
@@ -129,7 +135,8 @@ class ModelConfig:
 
 
 class SpeciesShift(nnx.Variable):
-    """Fixed (not trained) per-species energy shifts and the energy scale, eV."""
+    """Fixed (not trained) constants: per-species energy shifts and the energy scale, eV, and the
+    prior's σ (Å) and ε (eV) per species pair."""
 
 
 def species_lookup(species_list: tuple[int, ...], species: jax.Array) -> jax.Array:
@@ -151,24 +158,50 @@ class EnergyModel(nnx.Module):
     """
 
     def __init__(self, config: ModelConfig, species_energies: dict[int, float] | None,
-                 energy_scale: float, *, rngs: nnx.Rngs):
+                 energy_scale: float, prior: tuple | None = None, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(config.dtype)
         self.species = config.species
+        self.cutoff = config.cutoff
         self.net = ARCHITECTURES[config.model](
             len(config.species), config.cutoff, config.n_features, config.n_interactions,
             config.n_rbf, **config.architecture_options(), rngs=rngs, param_dtype=dtype)
         shifts = [float((species_energies or {}).get(z, 0.0)) for z in config.species]
         self.shifts = SpeciesShift(jnp.asarray(shifts, dtype))
         self.scale = SpeciesShift(jnp.asarray(energy_scale, dtype))
+        self.has_prior = config.prior is not None
+        if self.has_prior:
+            n = len(config.species)
+            sigma, epsilon = prior if prior is not None else (np.ones((n, n)), np.zeros((n, n)))
+            self.prior_sigma = SpeciesShift(jnp.asarray(sigma, dtype))
+            self.prior_epsilon = SpeciesShift(jnp.asarray(epsilon, dtype))
 
     def _check_layers(self) -> None:
         if not has_layers(self.net):
             raise ValueError(NO_LAYERS)
 
     def _energy(self, graph: Graph, y: jax.Array) -> jax.Array:
-        """E_i = scale · y_i + e_{Z_i} (eV), 0 for padded atoms."""
+        """E_i = scale · y_i + e_{Z_i} (+ ½ Σ_j φ(r_ij) with a prior) (eV), 0 for padded atoms."""
         idx = species_lookup(self.species, graph.species)
-        return jnp.where(graph.node_mask, self.scale[...] * y + self.shifts[...][idx], 0.0)
+        energy = self.scale[...] * y + self.shifts[...][idx]
+        if self.has_prior:
+            energy = energy + self.prior_atomwise(graph)
+        return jnp.where(graph.node_mask, energy, 0.0)
+
+    def prior_atomwise(self, graph: Graph) -> jax.Array:
+        """½ Σ_j φ(r_ij) of each atom of one frame (n_atoms,) eV: the prior split evenly over each pair."""
+        idx = species_lookup(self.species, graph.species)
+        _, r = edge_lengths(graph)
+        a, b = idx[graph.receivers], idx[graph.senders]
+        phi = repulsive_energy(r, self.prior_sigma[...][a, b], self.prior_epsilon[...][a, b], self.cutoff)
+        return 0.5 * jax.ops.segment_sum(jnp.where(graph.edge_mask, phi, 0.0), graph.receivers,
+                                         num_segments=graph.positions.shape[0])
+
+    def prior_pair_energy(self, distances: jax.Array, species: jax.Array) -> jax.Array:
+        """φ_ab(r) of pairs: distances (m,) Å, species (m, 2) → (m,) eV; zeros without a prior."""
+        if not self.has_prior:
+            return jnp.zeros(distances.shape, distances.dtype)
+        a, b = (species_lookup(self.species, species[:, k]) for k in (0, 1))
+        return repulsive_energy(distances, self.prior_sigma[...][a, b], self.prior_epsilon[...][a, b], self.cutoff)
 
     def embed(self, graph: Graph) -> jax.Array:
         self._check_layers()
@@ -221,7 +254,7 @@ class Potential:
 
     @classmethod
     def create(cls, config: ModelConfig, species_energies: dict[int, float] | None = None,
-               energy_scale: float = 1.0, seed: int = 0) -> tuple["Potential", nnx.State]:
+               energy_scale: float = 1.0, seed: int = 0, prior: tuple | None = None) -> tuple["Potential", nnx.State]:
         """A freshly initialised potential and its params.
 
         Args:
@@ -229,6 +262,9 @@ class Potential:
             species_energies: per-species energy shifts e_Z, eV (missing species: 0).
             energy_scale: scale of the network output, eV.
             seed: PRNG seed of the initialisation.
+            prior: with ``config.prior``: its (σ, ε), each (S, S) over the config's species, Å
+                and eV (:func:`jaxrel.models.prior.fit_repulsive_prior`); None gives ε = 0
+                until a checkpoint's values are loaded.
         Raises:
             ValueError: a float64 config while JAX runs in float32 (the params would silently
                 be float32).
@@ -236,7 +272,7 @@ class Potential:
         if config.dtype == "float64" and not jax.config.read("jax_enable_x64"):
             raise ValueError("the model is float64 but JAX runs in float32; set JAX_ENABLE_X64=1 or call "
                              "jax.config.update('jax_enable_x64', True) first (the jaxrel command does so itself)")
-        model = EnergyModel(config, species_energies, energy_scale, rngs=nnx.Rngs(seed))
+        model = EnergyModel(config, species_energies, energy_scale, prior, rngs=nnx.Rngs(seed))
         graphdef, params = nnx.split(model)
         return cls(config, graphdef), params
 
@@ -317,6 +353,26 @@ class Potential:
         e, grad = jax.value_and_grad(
             lambda p: self.energy(params, graph._replace(positions=p)))(graph.positions)
         return e, -grad
+
+    @_per_frame
+    def prior_energy(self, params, graph: Graph) -> jax.Array:
+        """The prior's energy Σ_(i<j) φ(r_ij), eV: () for one frame, (n_frames,) for a batch; 0
+        without a prior. It is part of :meth:`energy`."""
+        module = self.module(params)
+        if not module.has_prior:
+            return jnp.zeros((), graph.positions.dtype)
+        return jnp.sum(jnp.where(graph.node_mask, module.prior_atomwise(graph), 0.0))
+
+    def prior_pair_energy(self, params, distances, species) -> np.ndarray:
+        """The prior's exact energy φ_ab(r) of pairs (:mod:`jaxrel.models.prior`).
+
+        Args:
+            distances: (m,) Å; species: (m, 2) atomic numbers of each pair.
+        Returns:
+            (m,) float64 eV; zeros for a model without a prior.
+        """
+        distances = jnp.asarray(distances, jnp.dtype(self.config.dtype))
+        return np.asarray(self.module(params).prior_pair_energy(distances, jnp.asarray(species)), np.float64)
 
     def check_species(self, species) -> None:
         """Raise ``ValueError`` naming the first atom whose species the model does not know.

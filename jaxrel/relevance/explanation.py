@@ -49,13 +49,14 @@ from jaxrel.relevance.table import COLUMNS, Table, frame_positions
 from jaxrel.version import __version__
 
 FORMAT = 2
-
-FILES = ("nbody.npz", "summary.json")
-"""What :meth:`Explanation.save` writes into its folder."""
 """Folder format written by :meth:`Explanation.save`: 1 = jaxrel 0.1.0 before atomwise
 energies and metadata were stored (still loads; ``atomwise_energy`` is then None)."""
 
-NOTES = {"sum_relevance_eV": "Σ of all walk relevances = unmasked gradient × input",
+FILES = ("nbody.npz", "summary.json")
+"""What :meth:`Explanation.save` writes into its folder."""
+
+NOTES = {"sum_relevance_eV": "Σ of all walk relevances = unmasked gradient × input (+ the fixed prior's "
+                             "pair energies for a model with a prior: its exact 2-body relevance)",
          "conservation_error_eV": "energy − species shifts − Σ relevance: relevance absorbed by "
                                   "biases and rule stabilisers",
          "higher_order_residual_eV": "Σ relevance − Σ listed n-body terms: terms of body order "
@@ -234,13 +235,14 @@ class Explanation:
         orders = sorted(int(m.group(1)) for key in arrays if (m := re.fullmatch(r"order(\d+)_frame", key)))
         tables = {}
         for n in orders:
-            keys = [k for k in COLUMNS if k not in ("forces", "spread") and (k != "angles" or n == 3)]
+            keys = [k for k in COLUMNS if k not in ("forces", "spread", "prior") and (k != "angles" or n == 3)]
             absent = [f"order{n}_{k}" for k in keys if f"order{n}_{k}" not in arrays]
             if absent:
                 raise ValueError(f"{npz} lacks {', '.join(absent)}: rerun jaxrel explain")
             try:
                 tables[n] = Table(**{k: arrays[f"order{n}_{k}"] for k in keys},
-                                  forces=arrays.get(f"order{n}_forces"), spread=arrays.get(f"order{n}_spread"))
+                                  forces=arrays.get(f"order{n}_forces"), spread=arrays.get(f"order{n}_spread"),
+                                  prior=arrays.get(f"order{n}_prior"))
             except ValueError as err:
                 raise ValueError(f"{npz}: {err}; rerun jaxrel explain") from None
         listed = summary["frames"]
@@ -330,17 +332,37 @@ def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | s
     atomwise = np.asarray(_atomwise_energy(potential, params, graph), np.float64)[:, :len(species)]
     shifts = potential.species_shifts(params)
     shift_total = float(sum(shifts[int(z)] for z in species))
-    tables = {n: Table.concatenate([r.orders[n] for r in results]) for n in range(1, max_order + 1)}
+    tables = with_prior(potential, params, {n: Table.concatenate([r.orders[n] for r in results])
+                                            for n in range(1, max_order + 1)}, add=True)
+    prior = np.asarray(_prior_energy(potential, params, graph), np.float64)
     metadata = {"method": "gnn-lrp", "model": None if model_path is None else str(model_path),
                 "data": None if data_path is None else str(data_path), "rule": rules.name,
                 "epsilon": rules.epsilon, "gamma": rules.gamma if not isinstance(rules.gamma, tuple) else list(rules.gamma),
                 "model_config": potential.config.to_dict(), "jaxrel_version": __version__}
     return Explanation(
         tables=tables, frames=index, energy=np.array([r.energy for r in results]),
-        species_shift=np.full(n_frames, shift_total), sum_relevance=np.array([r.total for r in results]),
+        species_shift=np.full(n_frames, shift_total), sum_relevance=np.array([r.total for r in results]) + prior,
         higher_order_residual=np.array([r.residual for r in results]),
         seconds=np.array([r.seconds for r in results]), positions=positions,
         species=species, cell=cell, atomwise_energy=atomwise, metadata=metadata)
+
+
+def with_prior(potential, params, tables: dict[int, Table], add: bool) -> dict[int, Table]:
+    """The tables with the ``prior`` column of the 2-body table set to the model's exact prior pair
+    energies (:meth:`~jaxrel.models.Potential.prior_pair_energy`); unchanged for a model without a
+    prior or without 2-body terms. ``add`` adds the prior to the 2-body relevance too (GNN-LRP:
+    walks never see the fixed prior; the MBE's terms already hold it)."""
+    if potential.config.prior is None or 2 not in tables:
+        return tables
+    pairs = tables[2]
+    return {**tables, 2: pairs.with_prior(potential.prior_pair_energy(params, pairs.distances[:, 0], pairs.species),
+                                          add)}
+
+
+@partial(jax.jit, static_argnames="potential")
+def _prior_energy(potential, params, graph: Graph) -> jax.Array:
+    """The prior's energy (F,) eV of every frame (zeros without a prior)."""
+    return potential.prior_energy(params, graph)
 
 
 @partial(jax.jit, static_argnames="potential")

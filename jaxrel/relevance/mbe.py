@@ -52,7 +52,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from jaxrel.graph import Graph, edge_vectors
-from jaxrel.relevance.explanation import Explanation, _graph_and_geometry
+from jaxrel.relevance.explanation import Explanation, _graph_and_geometry, with_prior
 from jaxrel.relevance.nbody import connected_sets, mobius_inversion
 from jaxrel.relevance.table import Table
 from jaxrel.relevance.walks import _require_single_frame
@@ -250,7 +250,8 @@ def many_body_expansion(potential, params, frames, *, max_order: int = 3, forces
     shifts = potential.species_shifts(params)
     shift_total = float(sum(shifts[int(z)] for z in species))
     energy = atomwise.sum(axis=1)
-    tables = {n: Table.concatenate([r.orders[n] for r in results]) for n in range(1, max_order + 1)}
+    tables = with_prior(potential, params, {n: Table.concatenate([r.orders[n] for r in results])
+                                            for n in range(1, max_order + 1)}, add=False)
     listed = np.stack([tables[n].frame_sums(index) for n in tables]).sum(axis=0)
     metadata = {"method": "mbe", "model": None if model_path is None else str(model_path),
                 "data": None if data_path is None else str(data_path), "rule": "mbe", "epsilon": None,

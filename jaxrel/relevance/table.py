@@ -14,6 +14,9 @@ for m terms of body order n::
                                           whose terms are functions of positions, i.e. the many-body expansion)
     spread     (m,)             float64 | eV, standard deviation of the term over an ensemble of seeds, whose mean
                                           is ``relevance`` (optional: :func:`~jaxrel.relevance.ensemble_mean`)
+    prior      (m,)             float64 | eV, the part of ``relevance`` that is the model's fixed pair prior
+                                          φ_ab(r) (optional, 2-body tables of models with a prior,
+                                          :mod:`jaxrel.models.prior`); ``relevance − prior`` is the network's
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ import numpy as np
 
 from jaxrel.geometry import cluster_coordinates
 
-COLUMNS = ("frame", "atoms", "species", "relevance", "distances", "angles", "forces", "spread")
-"""Every column; ``angles`` (3-body only), ``forces`` and ``spread`` may be None."""
-OPTIONAL = ("angles", "forces", "spread")
+COLUMNS = ("frame", "atoms", "species", "relevance", "distances", "angles", "forces", "spread", "prior")
+"""Every column; ``angles`` (3-body only), ``forces``, ``spread`` and ``prior`` may be None."""
+OPTIONAL = ("angles", "forces", "spread", "prior")
 """The columns that may be None."""
 
 
@@ -48,6 +51,7 @@ class Table:
     angles: np.ndarray | None = None
     forces: np.ndarray | None = None
     spread: np.ndarray | None = None
+    prior: np.ndarray | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -67,8 +71,9 @@ class Table:
             widths["angles"] = (m, 3)
         if self.forces is not None:
             widths["forces"] = (m, n, 3)
-        if self.spread is not None:
-            widths["spread"] = (m,)
+        for key in ("spread", "prior"):
+            if getattr(self, key) is not None:
+                widths[key] = (m,)
         for key, shape in widths.items():
             value = getattr(self, key)
             if value is None or value.shape != shape:
@@ -135,7 +140,7 @@ class Table:
         orders = {t.order for t in tables}
         if len(orders) > 1:
             raise ValueError(f"cannot concatenate tables of body orders {sorted(orders)}")
-        for key in ("forces", "spread"):
+        for key in ("forces", "spread", "prior"):
             if len({getattr(t, key) is None for t in tables}) > 1:
                 raise ValueError(f"cannot concatenate tables with and without the {key} column")
 
@@ -150,8 +155,13 @@ class Table:
 
     def with_relevance(self, values: np.ndarray) -> "Table":
         """The same terms with other values (m,), eV (e.g. the exact energies of the same
-        terms); per-term forces and spreads, which belong to the old values, are dropped."""
-        return replace(self, relevance=values, forces=None, spread=None)
+        terms); per-term forces, spreads and prior parts, which belong to the old values, are dropped."""
+        return replace(self, relevance=values, forces=None, spread=None, prior=None)
+
+    def with_prior(self, prior: np.ndarray, add: bool) -> "Table":
+        """The table with its ``prior`` column (m,) eV set; ``add`` also adds it to the relevance
+        (for decompositions of the network alone, e.g. GNN-LRP, whose walks never see the prior)."""
+        return replace(self, prior=prior, relevance=self.relevance + prior if add else self.relevance)
 
     def frame_sums(self, frames: np.ndarray, absolute: bool = False) -> np.ndarray:
         """Σ relevance (or Σ |relevance|) of the rows of each frame number in ``frames``, eV.

@@ -49,7 +49,10 @@ provisional stability.json atomically, so Ctrl-C, SIGTERM or a crash keeps every
 block, and ``restart=True`` continues the run exactly (:class:`MDState`).
 
 Units: Å, fs (times in trajectories: ps), eV, K, amu; velocities Å/fs. Internally masses
-are in eV fs²/Å² (:data:`AMU`), so that F = m a holds with forces in eV/Å.
+are in eV fs²/Å² (:data:`AMU`), so that F = m a holds with forces in eV/Å. A run on disk
+takes its masses from ``--mass``, else from the data (the bead masses of the shared CG
+sets), else from the elements, and refuses coarse-grained beads of unknown mass
+(:func:`resolve_masses`): a bead's species id is not an atomic number.
 """
 
 from __future__ import annotations
@@ -821,7 +824,7 @@ RESTART_FILE = "restart.npz"
 RUN_FILES = ("trajectory*.extxyz", "thermo.csv", "stability.json", RESTART_FILE)
 """The files :func:`run_md` writes in its folder (glob patterns)."""
 
-UNITS = {"time": "ps", "dt": "fs", "temperature": "K", "energy": "eV"}
+UNITS = {"time": "ps", "dt": "fs", "temperature": "K", "energy": "eV", "mass": "amu", "length": "Å"}
 
 
 def _recorded_text(path: Path, sizes: dict) -> str:
@@ -968,11 +971,109 @@ class _RunFiles:
             f.close()
 
 
+_MASS_EXAMPLE = "e.g. --mass 18.015 for every bead, or --mass 1:18.015,2:16.043 per species"
+
+
+def parse_masses(text: str) -> float | dict[int, float]:
+    """The value of ``jaxrel md --mass``: one mass for every atom (``"18.015"``) or one per
+    species (``"1:18.015,2:16.043"``, species ids as in the data), in amu.
+
+    Returns:
+        A float, or ``{species: mass}`` with int keys and float values.
+
+    Raises:
+        ValueError: a mass that is not a positive finite number, an item that is not Z:M with
+            an integer Z ≥ 1, or a species given twice; one sentence that names ``--mass``.
+    """
+    def mass(value: str) -> float:
+        try:
+            m = float(value)
+        except ValueError:
+            m = math.nan
+        if not (math.isfinite(m) and m > 0):
+            raise ValueError(f"--mass {text!r}: {value.strip()!r} is not a positive mass in amu; {_MASS_EXAMPLE}")
+        return m
+
+    if ":" not in text:
+        return mass(text)
+    masses = {}
+    for item in text.split(","):
+        z, colon, value = item.partition(":")
+        if not (colon and z.strip().isdecimal() and int(z) >= 1):
+            raise ValueError(f"--mass {text!r}: {item.strip()!r} is not Z:M with a species Z ≥ 1 and a mass M "
+                             f"in amu; {_MASS_EXAMPLE}")
+        if int(z) in masses:
+            raise ValueError(f"--mass {text!r} gives species {int(z)} twice; give each species once")
+        masses[int(z)] = mass(value)
+    return masses
+
+
+def resolve_masses(species, masses=None, *, data_masses=None, coarse_grained: bool = False,
+                   source: str = "the data") -> np.ndarray:
+    """The masses of an MD run: ``masses`` if given, else ``data_masses``, else the standard
+    atomic mass of each species (``ase.data.atomic_masses``) — the last never for
+    coarse-grained beads, whose species ids (type + 1) are not atomic numbers.
+
+    Args:
+        species: (n_atoms,) int atomic numbers or bead ids.
+        masses: None, one mass for every atom, or ``{species: mass}`` covering exactly the
+            species present (:func:`parse_masses`), amu.
+        data_masses: (n_atoms,) float, amu, or None (:attr:`jaxrel.data.Frames.masses`).
+        coarse_grained: the species are bead ids (:attr:`jaxrel.data.Frames.coarse_grained`).
+        source: the data's name, for messages.
+
+    Returns:
+        (n_atoms,) float64, amu.
+
+    Raises:
+        ValueError: a mass that is not positive and finite; ``{species: mass}`` that misses a
+            species present or names one absent; with neither ``masses`` nor ``data_masses``,
+            coarse-grained beads, or species that are no element (1–118). One sentence that
+            names ``--mass``.
+    """
+    species = np.asarray(species).astype(np.int64)
+    present = sorted(set(species.tolist()))
+    if isinstance(masses, dict):
+        missing = [z for z in present if z not in masses]
+        absent = [z for z in masses if z not in present]
+        if missing or absent:
+            raise ValueError(f"--mass gives species {', '.join(map(str, sorted(masses)))} but {source} holds species "
+                             f"{', '.join(map(str, present))}; give Z:M for exactly those")
+        masses = np.array([masses[z] for z in species.tolist()], dtype=np.float64)
+    elif masses is not None:
+        masses = np.full(len(species), masses, dtype=np.float64)
+    elif data_masses is not None:
+        masses = np.asarray(data_masses, dtype=np.float64)
+    elif coarse_grained:
+        raise ValueError(f"{source} holds coarse-grained beads of unknown mass (their species ids are not elements, "
+                         "and no sidecar .json names the molecule); pass --mass M in amu for every bead, or --mass "
+                         "Z:M,Z:M per species")
+    else:
+        unknown = [z for z in present if not 1 <= z < len(ase.data.atomic_masses)]
+        if unknown:
+            raise ValueError(f"species {unknown[0]} of {source} is not a chemical element, so it has no standard "
+                             f"mass; pass --mass ({_MASS_EXAMPLE})")
+        masses = ase.data.atomic_masses[species]
+    if not (np.isfinite(masses) & (masses > 0)).all():
+        raise ValueError(f"--mass gives {masses[~(np.isfinite(masses) & (masses > 0))][0]} amu; masses must be "
+                         f"positive finite numbers ({_MASS_EXAMPLE})")
+    return masses
+
+
+def _mass_record(species: np.ndarray, masses: np.ndarray) -> dict[str, float] | list[float]:
+    """The masses (amu) as a run's settings record them: ``{"Z": mass}`` when the atoms of each
+    species share one mass, else one mass per atom."""
+    by_species = {int(z): masses[species == z] for z in np.unique(species)}
+    if all((m == m[0]).all() for m in by_species.values()):
+        return {str(z): float(m[0]) for z, m in by_species.items()}
+    return masses.tolist()
+
+
 def run_md(model, data, out, *, frame: int = 0, ensemble: str = "nve", temperature_K: float = 300.0,
            dt_fs: float = 0.5, time_ps: float = 10.0, replicas: int = 1, log_every: int = 100,
            friction_per_ps: float = 1.0, tau_fs: float = 100.0, seed: int = 0,
-           max_temperature_K: float | None = None, overwrite: bool = False, restart: bool = False,
-           progress: bool = True) -> dict:
+           max_temperature_K: float | None = None, masses=None, overwrite: bool = False,
+           restart: bool = False, progress: bool = True) -> dict:
     """MD from one frame of a data set with a saved model, written to ``out`` block by block,
     and its stability report: the ``jaxrel md`` command.
 
@@ -1008,6 +1109,11 @@ def run_md(model, data, out, *, frame: int = 0, ensemble: str = "nve", temperatu
             max_temperature_K: as in :class:`MDConfig` (K, fs, 1/ps, fs, K).
         time_ps: simulated time of the whole run, ps (n_steps = round(1000 time_ps / dt_fs)).
         replicas: number of replicas R.
+        masses: amu, one value for every atom or ``{species: mass}`` (``--mass``,
+            :func:`parse_masses`); None takes the data's masses (:attr:`jaxrel.data.Frames.masses`,
+            e.g. the bead masses of the shared CG water and methane sets), else the standard
+            masses of the elements (:func:`resolve_masses`). The masses used are part of the
+            settings in stability.json (``masses_amu``) and of what ``restart`` compares.
         overwrite: replace an earlier run in ``out`` (its files only, :data:`RUN_FILES`).
         restart: continue the run in ``out``; every setting but ``time_ps`` must be the run's.
         progress: show a progress bar.
@@ -1017,7 +1123,9 @@ def run_md(model, data, out, *, frame: int = 0, ensemble: str = "nve", temperatu
         "steps_per_second"}`` (status "finished").
 
     Raises:
-        ValueError: a setting out of range (the message names the ``jaxrel md`` option); an
+        ValueError: a setting out of range (the message names the ``jaxrel md`` option); data
+            of coarse-grained beads of unknown mass without ``masses``, or other masses that
+            :func:`resolve_masses` refuses; an
             ``out`` holding an earlier run without ``overwrite`` or ``restart`` (nothing is
             changed); ``restart`` without a restart file in ``out``, with a model, data or
             settings other than the run's, with a ``time_ps`` already simulated or with every
@@ -1058,9 +1166,13 @@ def run_md(model, data, out, *, frame: int = 0, ensemble: str = "nve", temperatu
                          f"use 0..{len(frames) - 1}")
     cell = frames.cell if frames.cell is None or frames.cell.ndim == 2 else frames.cell[frame]
     start_positions = np.broadcast_to(frames.positions[frame], (replicas, *frames.positions.shape[1:]))
-    _, species, cell, masses_amu, _ = _checked_inputs(potential, start_positions, frames.species, cell, None, None)
+    masses_amu = resolve_masses(frames.species, masses, data_masses=frames.masses,
+                                coarse_grained=frames.coarse_grained, source=str(data))
+    _, species, cell, masses_amu, _ = _checked_inputs(potential, start_positions, frames.species, cell, masses_amu,
+                                                      None)
     settings = {"model": str(model), "params_sha256": params_digest((Path(model) / "params.msgpack").read_bytes()),
                 "data": str(data), "data_sha256": _frames_digest(frames), "frame": frame, "n_replicas": replicas,
+                "masses_amu": _mass_record(species, masses_amu),
                 "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "n_steps"}}
     state, metadata = None, {"files": None, "blocks": 0, "write_seconds": 0.0}
     if restart:
@@ -1092,7 +1204,8 @@ def run_md(model, data, out, *, frame: int = 0, ensemble: str = "nve", temperatu
     report = {"status": status, **report, "requested_time_ps": time_ps,
               "output_seconds_per_block": metadata["write_seconds"] / metadata["blocks"],
               "n_reallocations": state.n_reallocations, "model": str(model), "data": str(data),
-              "frame": frame, "config": dataclasses.asdict(config) | {"n_replicas": replicas}, "units": UNITS}
+              "frame": frame, "masses_amu": settings["masses_amu"],
+              "config": dataclasses.asdict(config) | {"n_replicas": replicas}, "units": UNITS}
     write_json(out / "stability.json", report)
     if status == "interrupted":
         raise RunInterrupted(f"stopped at {report['simulated_time_ps']:.4g} of {time_ps:.4g} ps; every "
@@ -1127,7 +1240,8 @@ def _restart_state(out: Path, settings: dict, config: MDConfig) -> tuple[MDState
     given = json.loads(json.dumps(settings))
 
     def flat(s: dict) -> dict:
-        return {"frame": s.get("frame"), "replicas": s.get("n_replicas"), **s.get("config", {})}
+        return {"frame": s.get("frame"), "replicas": s.get("n_replicas"), "masses_amu": s.get("masses_amu"),
+                **s.get("config", {})}
 
     differ = [k for k in flat(given) if flat(saved).get(k) != flat(given)[k]]
     if differ:

@@ -1,5 +1,6 @@
 """Readers, splits and species-energy fits of jaxrel.data."""
 
+import json
 from pathlib import Path
 
 import ase
@@ -403,6 +404,64 @@ def test_cg_box_of_wrong_shape_or_bad_bead_types_raise(tmp_path):
         np.savez(tmp_path / "types.npz", types=np.array(types), coords=coords, box=np.full(3, 10.0))
         with pytest.raises(ValueError, match=f"has type {shown}, which is not an integer ≥ 0"):
             read_frames(tmp_path / "types.npz")
+
+
+@pytest.mark.parametrize("relative, mass", [("cg_water/cg_water_tip3p_300K.npz", 18.015),
+                                            ("cg_methane/cg_methane_opls_105K.npz", 16.043)])
+def test_shared_cg_beads_weigh_one_molecule_named_by_the_sidecar(data_dir, relative, mass):
+    """H2O = 2 × 1.008 + 15.999 and CH4 = 12.011 + 4 × 1.008 amu (ase's standard atomic weights)."""
+    frames = read_frames(shared_file(data_dir, relative))
+    assert frames.coarse_grained and frames.masses.shape == frames.species.shape
+    np.testing.assert_allclose(frames.masses, mass, rtol=0, atol=1e-9)
+    assert frames.select([0, 1]).masses is frames.masses
+
+
+def write_cg(path, sidecar=None, n_beads=6, types=None):
+    """A two-frame CG npz (box 10 Å) at ``path``, with ``sidecar`` (a dict) as its .json."""
+    coords = np.random.default_rng(2).uniform(0, 10, (2, n_beads, 3))
+    np.savez(path, types=np.zeros(n_beads, int) if types is None else np.asarray(types), coords=coords,
+             box=np.full(3, 10.0))
+    if sidecar is not None:
+        path.with_suffix(".json").write_text(json.dumps(sidecar))
+    return path
+
+
+@pytest.mark.parametrize("sidecar, types, mass", [
+    ({"system": "SPC/E Water, GROMACS", "n_molecules": 6}, None, 18.015),
+    ({"system": "united-atom methane"}, None, 16.043),
+    (None, None, None),                                                   # no sidecar
+    ({"system": "a water–methane mixture"}, None, None),                  # names two molecules
+    ({"system": "TIP3P water", "n_molecules": 3}, None, None),            # not one bead per molecule
+    ({"system": "TIP3P water"}, [0, 1, 0, 1, 0, 1], None),                # two bead types
+    ({"system": "waterfall"}, None, None),                                # not the word
+    (["water"], None, None),                                              # not a JSON object
+])
+def test_cg_bead_masses_follow_the_sidecar_rule_or_are_none(tmp_path, sidecar, types, mass):
+    frames = read_frames(write_cg(tmp_path / "cg.npz", sidecar, types=types))
+    assert frames.coarse_grained
+    if mass is None:
+        assert frames.masses is None
+    else:
+        np.testing.assert_allclose(frames.masses, np.full(6, mass), atol=1e-9)
+
+
+def test_a_corrupt_sidecar_gives_no_masses_and_other_formats_are_not_coarse_grained(tmp_path):
+    path = write_cg(tmp_path / "cg.npz")
+    path.with_suffix(".json").write_text("{not json")
+    assert read_frames(path).masses is None
+    frames = frames_of([1, 8, 1], np.arange(2.0))
+    assert frames.masses is None and not frames.coarse_grained
+
+
+@pytest.mark.parametrize("masses, message", [
+    (np.array([1.0, -2.0, 1.0]), "atom 1 has the mass -2.0 amu"),
+    (np.array([1.0, np.nan, 1.0]), "atom 1 has the mass nan amu"),
+    (np.ones(2), r"masses have shape \(2,\)"),
+])
+def test_bad_masses_name_the_atom_or_shape(masses, message):
+    with pytest.raises(ValueError, match=message):
+        Frames(np.array([1, 8, 1]), np.zeros((1, 3, 3)) + np.arange(3)[:, None], None, None, None,
+               source="x", masses=masses)
 
 
 def test_select_slices_per_frame_arrays_and_keeps_shared_ones():

@@ -12,6 +12,7 @@ import os
 import signal
 from dataclasses import dataclass, replace
 
+import ase.data
 import ase.io
 import ase.units
 import jax.numpy as jnp
@@ -23,9 +24,10 @@ import jaxrel.md as md
 from jaxrel.checkpoint import save_checkpoint
 from jaxrel.cli import main
 from jaxrel.graph import edge_lengths
-from jaxrel.md import THERMO_COLUMNS, MDConfig, MDState, Trajectory, simulate, write_thermo, write_trajectory
+from jaxrel.md import (THERMO_COLUMNS, MDConfig, MDState, Trajectory, parse_masses, resolve_masses, simulate,
+                       write_thermo, write_trajectory)
 from jaxrel.models import Potential
-from jaxrel.stability import stability_report, time_to_collapse
+from jaxrel.stability import STRUCTURE_KEYS, stability_report, time_to_collapse
 
 WATER = np.array([[0.0, 0, 0], [0.97, 0, 0], [-0.25, 0.93, 0]])
 WATER_SPECIES = np.array([8, 1, 1])
@@ -304,12 +306,78 @@ def test_md_command_writes_trajectory_thermo_and_stability(md_model_and_data, tm
     (["--max-temperature", "200"], "--max-temperature is 200.0 K; it must exceed --temperature 300.0 K"),
     (["--restart"], "holds no restart.npz of an earlier run"),
     (["--restart", "--overwrite"], "pass one of them"),
+    (["--mass", "heavy"], "--mass 'heavy': 'heavy' is not a positive mass in amu; e.g. --mass 18.015"),
+    (["--mass", "1:nan"], "--mass '1:nan': 'nan' is not a positive mass in amu"),
+    (["--mass", "1:18,x:3"], "'x:3' is not Z:M with a species Z ≥ 1 and a mass M in amu"),
+    (["--mass", "0:18"], "'0:18' is not Z:M"),
+    (["--mass", "1:18,1:20"], "gives species 1 twice"),
+    (["--mass", "1:1"], "--mass gives species 1 but"),
 ])
 def test_md_command_rejects_bad_settings_in_one_line(md_model_and_data, tmp_path, capsys, argv, message):
     model, data = md_model_and_data
     code = main(["md", "--model", str(model), "--data", str(data), "--quiet", "--out", str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("text, masses", [("18.015", 18.015), (" 1:18.015, 2:16.043", {1: 18.015, 2: 16.043})])
+def test_the_mass_option_reads_one_mass_or_one_per_species(text, masses):
+    assert parse_masses(text) == masses
+
+
+def test_masses_come_from_the_option_then_the_data_then_the_elements_but_never_for_beads():
+    species = np.array([8, 1, 1])
+    np.testing.assert_array_equal(resolve_masses(species), ase.data.atomic_masses[[8, 1, 1]])
+    np.testing.assert_array_equal(resolve_masses(species, data_masses=np.array([16.0, 2.0, 2.0])), [16, 2, 2])
+    np.testing.assert_array_equal(resolve_masses(species, 3.0, data_masses=np.ones(3)), [3, 3, 3])
+    np.testing.assert_array_equal(resolve_masses(species, {8: 16.0, 1: 2.0}), [16, 2, 2])
+    beads = np.ones(3, np.int32)
+    np.testing.assert_array_equal(resolve_masses(beads, data_masses=np.full(3, 18.015), coarse_grained=True), 18.015)
+    with pytest.raises(ValueError, match="coarse-grained beads of unknown mass .* pass --mass M"):
+        resolve_masses(beads, coarse_grained=True)
+    with pytest.raises(ValueError, match="species 200 of the data is not a chemical element.* pass --mass"):
+        resolve_masses(np.array([200, 1]))
+
+
+def cg_beads(path, sidecar=None):
+    """Three frames of 8 CG beads (type 0: species 1) near the sites of a 2×2×2 grid in a 7 Å
+    periodic box, with ``sidecar`` (a dict) as the .json beside the npz."""
+    grid = np.stack(np.meshgrid(*[np.arange(2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    coords = (grid + 0.5) * 3.5 + 0.2 * np.random.default_rng(4).normal(size=(3, 8, 3))
+    np.savez(path, types=np.zeros(8, int), coords=coords, box=np.full(3, 7.0))
+    if sidecar is not None:
+        path.with_suffix(".json").write_text(json.dumps(sidecar))
+    return path
+
+
+def test_md_on_beads_of_unknown_mass_is_refused_in_one_line(md_model_and_data, tmp_path, capsys):
+    """Species 1 of CG data is a bead, not hydrogen: no silent 1.008 amu."""
+    model, _ = md_model_and_data
+    data = cg_beads(tmp_path / "beads.npz")
+    assert main(["md", "--model", str(model), "--data", str(data), "--quiet", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "coarse-grained beads of unknown mass" in err and "--mass M" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_md_on_cg_water_uses_the_bead_mass_and_records_it_for_restart(md_model_and_data, tmp_path, capsys):
+    """The sidecar names water: 18.015 amu per bead in the trajectory and in stability.json (with
+    the first-shell observables); --restart with another --mass is refused, and --mass overrides."""
+    model, _ = md_model_and_data
+    data = cg_beads(tmp_path / "beads.npz", {"system": "TIP3P water", "n_molecules": 8})
+    out = tmp_path / "run"
+    argv = ["md", "--model", str(model), "--data", str(data), "--ensemble", "nvt-langevin", "--dt", "2",
+            "--time", "0.02", "--log-every", "5", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads((out / "stability.json").read_text())
+    assert report["masses_amu"] == {"1": pytest.approx(18.015)} and report["units"]["mass"] == "amu"
+    assert set(STRUCTURE_KEYS) <= set(report) and report["reference_structure"] is not None
+    frames = ase.io.read(out / "trajectory.extxyz", index=":")
+    assert len(frames) == 3 and np.allclose(frames[-1].get_masses(), 18.015)
+    assert main(argv[:-2] + ["--out", str(out), "--time", "0.04", "--restart", "--mass", "20"]) == 2
+    assert "has masses_amu={'1': 18.015}, not masses_amu={'1': 20.0}" in capsys.readouterr().err
+    assert main(argv + ["--mass", "1:20", "--overwrite"]) == 0
+    assert json.loads((out / "stability.json").read_text())["masses_amu"] == {"1": 20.0}
 
 
 @dataclass(frozen=True)

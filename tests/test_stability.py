@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
-from jaxrel.stability import (bonds_from_reference, distance_distribution, energy_drift, hr_mae,
-                              rdf, rdf_error, stability_report, time_to_bond_instability,
-                              time_to_collapse)
+import jaxrel.stability as stability
+from jaxrel.stability import (STRUCTURE_KEYS, bonds_from_reference, distance_distribution, energy_drift,
+                              first_shell, hr_mae, rdf, rdf_error, shell_distributions, stability_report,
+                              tetrahedral_order, time_to_bond_instability, time_to_collapse)
 
 DT_PS = 0.05
 
@@ -206,6 +207,9 @@ def test_report_for_a_periodic_system_gives_rdf_errors_and_no_drift_under_nvt():
     assert set(replica["rdf_error"]) == {"H-H", "H-O", "O-O"}
     assert report["rdf_error"] == pytest.approx(np.mean(list(replica["rdf_error"].values())))
     assert report["hr_mae"] is None and report["energy_drift_meV_per_atom_per_ps"] is None
+    # two species: no first-shell observables
+    assert report["reference_structure"] is None
+    assert all(report[k] is None and replica[k] is None for k in STRUCTURE_KEYS)
 
 
 def test_report_rejects_empty_trajectories_mismatched_atoms_and_unknown_ensembles():
@@ -241,3 +245,95 @@ def test_two_hydrogens_falling_onto_each_other_collapse_while_every_bond_holds()
     assert time_to_bond_instability(collapsed, time_ps, pairs, lengths) is None
     assert time_to_collapse(collapsed, time_ps, frames, species) == pytest.approx(12 * DT_PS)
     assert time_to_collapse(frames, time_ps, frames, species) is None
+
+
+def test_q_of_a_perfect_tetrahedron_is_one_also_across_the_periodic_boundary():
+    """Errington & Debenedetti's q: cos ψ = −1/3 for all six pairs gives q = 1. The centre
+    sits at a corner of the box, so three of its neighbours are periodic images; squeezing one
+    vertex towards another lowers q."""
+    vertices = np.array([[1.0, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / np.sqrt(3.0)
+    cell = 20.0 * np.eye(3)
+    atoms = np.concatenate([[[0.1, 0.2, 0.3]], [0.1, 0.2, 0.3] + 1.5 * vertices]) % 20.0
+    q = tetrahedral_order(atoms[None], cell)
+    assert q.shape == (1, 5) and q[0, 0] == pytest.approx(1.0, abs=1e-12)
+    assert tetrahedral_order(atoms[None])[0, 0] < 0.5   # without the cell the neighbours are wrong
+    bent = atoms.copy()
+    bent[1] = (atoms[1] + atoms[2]) / 2 + 0.3 * vertices[0]
+    assert tetrahedral_order(bent[None] % 20.0, cell)[0, 0] < 0.9
+
+
+def test_mean_q_of_an_ideal_gas_is_zero():
+    """Uncorrelated neighbour directions give ⟨(cos ψ + 1/3)²⟩ = 1/3 + 1/9, so ⟨q⟩ = 0; the
+    per-atom spread is ≈ 0.5, so the mean of 1200 values is within 0.06 (≈ 4σ)."""
+    cell = np.diag([12.0, 13.0, 14.0])
+    q = tetrahedral_order(uniform_gas(cell, n_atoms=300, n_frames=4, seed=2), cell)
+    assert abs(q.mean()) < 0.06 and q.max() <= 1.0 + 1e-12 and q.min() >= -3.0
+    shells = shell_distributions(uniform_gas(cell, n_atoms=300, n_frames=4, seed=2), cell, None)
+    assert shells.angle is None and shells.mean_q == pytest.approx(q.mean(), abs=1e-12)
+    assert shells.q.sum() * 4.0 / len(shells.q) == pytest.approx(1.0)
+
+
+def cubic_lattice(n=4, a=3.0):
+    """(n³, 3) sites of a simple cubic lattice filling a periodic cube of side n·a, and its cell."""
+    grid = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    return (grid + 0.5) * a, n * a * np.eye(3)
+
+
+def test_first_shell_angles_of_a_simple_cubic_lattice_are_90_and_180_degrees_only():
+    """Six neighbours at a (within 3.5 Å < √2 a): of their 15 pairs 12 meet at 90° and 3 at 180°."""
+    sites, cell = cubic_lattice()
+    angle = shell_distributions(sites[None], cell, 3.5).angle
+    mass = angle * 180.0 / len(angle)                    # probability per 2° bin
+    assert mass[44] + mass[45] == pytest.approx(0.8)     # bins [88°, 90°) and [90°, 92°)
+    assert mass[-1] == pytest.approx(0.2)                # [178°, 180°]
+    assert mass.sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="half the smallest cell"):
+        shell_distributions(sites[None], cell, 6.5)
+
+
+def test_first_shell_finds_the_peak_and_the_trough_of_a_model_rdf():
+    r = (np.arange(500) + 0.5) * 6.0 / 500
+    g = np.where(r > 2.0, 1 + 1.5 * np.exp(-(r - 3.0) ** 2 / 0.08) - 0.4 * np.exp(-(r - 4.2) ** 2 / 0.2), 0.0)
+    shell = first_shell(r, g)
+    assert shell.peak_position == pytest.approx(3.0, abs=0.013)
+    assert shell.peak_height == pytest.approx(2.5, rel=0.01)
+    assert shell.minimum_position == pytest.approx(4.2, abs=0.02)
+    assert first_shell(r, np.ones(500)) == (None, None, None)          # ideal gas: no shell
+    falling = first_shell(r[:300], g[:300])                              # r_max = 3.6 Å, before the trough
+    assert falling.peak_position == pytest.approx(3.0, abs=0.013) and falling.minimum_position is None
+
+
+def noisy_lattice(noise, seed, n_frames=4):
+    sites, cell = cubic_lattice(5)
+    rng = np.random.default_rng(seed)
+    return sites + noise * rng.normal(size=(n_frames, len(sites), 3)), cell
+
+
+def test_report_of_a_trajectory_equal_to_the_reference_has_zero_structure_errors(monkeypatch):
+    """A thermal simple-cubic solid of one species (125 atoms, 15 Å box): its own frames give
+    zero RDF, angle and q errors and the reference's peak; other frames give positive errors.
+    With a budget of two frames' distances the report reads two reference frames."""
+    reference, cell = noisy_lattice(0.25, seed=0)
+    species = np.full(125, 18)
+
+    def report(frames):
+        traj = fake_trajectory(frames[None], DT_PS * np.arange(len(frames)), [np.nan], cell=cell,
+                               species=species)
+        return stability_report(traj, reference, species, cell, molecule=False, ensemble="nvt-langevin")
+
+    same = report(reference.copy())
+    json.dumps(same, allow_nan=False)
+    ref = same["reference_structure"]
+    assert ref["rdf_peak_position_A"] == pytest.approx(3.0, abs=0.15) and ref["rdf_peak_height"] > 1.5
+    assert 3.1 < ref["first_shell_radius_A"] < 4.2 and same["n_reference_frames"] == 4   # a < r < √2 a
+    assert same["rdf_error"] == same["angle_distribution_error"] == same["q_distribution_error"] == 0.0
+    assert same["rdf_peak_position_A"] == ref["rdf_peak_position_A"]
+    assert same["rdf_peak_height"] == ref["rdf_peak_height"] and same["mean_q"] == ref["mean_q"]
+    assert same["replicas"][0]["q_distribution_error"] == 0.0
+    other = report(noisy_lattice(0.3, seed=1)[0])
+    assert other["replicas"][0]["instability"] is None
+    assert other["angle_distribution_error"] > 0.05 and other["q_distribution_error"] > 0.05
+    assert other["rdf_peak_height"] < ref["rdf_peak_height"]
+    monkeypatch.setattr(stability, "REPORT_DISTANCES", 2 * 125 * 124 // 2)
+    two = report(reference.copy())
+    assert two["n_reference_frames"] == 2 and two["angle_distribution_error"] == 0.0

@@ -11,7 +11,9 @@ format         ``.npz`` keys it recognises                  conversion
 ``water_dft``  ``atomic_numbers``, ``cells``, ``coords``,   none (already eV)
                ``energies``, ``forces``
 ``cg``         ``types``, ``coords``, ``box`` (3,) or       forces kcal/mol/Å → eV/Å;
-               ``cell`` (3, 3), optional ``forces``         species = types + 1; no energies
+               ``cell`` (3, 3), optional ``forces``         species = types + 1; no energies;
+                                                            bead masses from the sidecar
+                                                            JSON (below), else None
 ``noble_gas``  ``species``, ``coords``, ``energies``,       none (written by
                ``forces``, ``cell`` (other keys ignored)    ``jaxrel.data.noble_gas``)
 =============  ===========================================  ==============================
@@ -22,14 +24,33 @@ Coarse-grained bead types start at 0, but species 0 marks padded atoms in
 :mod:`jaxrel.graph`, so beads get the positive species id ``type + 1``. Species may also
 be stored as element symbols (``'O'``, ``'H'``), which become atomic numbers.
 
+Bead masses (``Frames.masses``, amu) of ``cg`` files come from the JSON sidecar beside the
+npz (same stem, ``.json``), as the shared CG data sets have it (``generate_cg_*.py``):
+
+==========================================  =====================  ===================
+sidecar ``"system"`` text names (a word)    molecule of one bead   bead mass (amu)
+==========================================  =====================  ===================
+``water``                                   H2O                    18.015
+``methane``                                 CH4                    16.043
+==========================================  =====================  ===================
+
+The mass is the molecule's, summed from ``ase.data.atomic_masses`` (IUPAC standard atomic
+weights: H 1.008, C 12.011, O 15.999), for a one-bead-per-molecule map: every bead has the
+same type and the sidecar's ``"n_molecules"``, when given, equals the number of beads.
+Without a sidecar, with one that is not a JSON object, names no molecule of the table or
+more than one, or describes another map, ``masses`` is None: a mass must then be given
+(``jaxrel md --mass``), never guessed from the species id.
+
 Every bad input raises ``ValueError`` (``FileNotFoundError`` for a missing path) with one
 sentence that names the file, frame, atom or key and the fix; nothing is read as NaN.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import re
 import zipfile
 import zlib
 from dataclasses import dataclass, replace
@@ -59,6 +80,10 @@ _NPZ_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, pickle.Unpickl
 
 _INT32_MAX = np.iinfo(np.int32).max
 
+CG_MOLECULES = {"water": "H2O", "methane": "CH4"}
+"""Word in a CG sidecar's ``"system"`` text → the chemical formula of one bead (module
+docstring)."""
+
 
 @dataclass(frozen=True, eq=False)
 class Frames:
@@ -73,17 +98,21 @@ class Frames:
         cell       (3, 3) or (n_frames, 3, 3) float64 or None | Å, rows are cell vectors;
                                                     None = free space
         source     str                              | path and format, for messages
+        masses     (n_atoms,) float64 or None       | amu; None = not given by the data
+                                                    (elements: use their standard masses)
+        coarse_grained  bool                        | species are bead ids (type + 1), not
+                                                    atomic numbers; default False
 
     Arrays are converted to these dtypes on construction; species given as element
     symbols (``'O'``, ``'H'``) become atomic numbers. Zero frames are allowed (an empty
     selection); zero atoms are not.
 
     Raises:
-        ValueError: when the shapes of positions, species, energies, forces or cell
+        ValueError: when the shapes of positions, species, energies, forces, masses or cell
             disagree, there are no atoms, a species is not a positive integer or element
-            symbol, a position, energy or force is not finite, or a cell is not finite or
-            degenerate (:func:`jaxrel.geometry.check_cell`); the message names the frame
-            and atom.
+            symbol, a position, energy or force is not finite, a mass is not a positive
+            finite number, or a cell is not finite or degenerate
+            (:func:`jaxrel.geometry.check_cell`); the message names the frame and atom.
     """
 
     species: np.ndarray
@@ -92,9 +121,11 @@ class Frames:
     forces: np.ndarray | None
     cell: np.ndarray | None
     source: str
+    masses: np.ndarray | None = None
+    coarse_grained: bool = False
 
     def __post_init__(self):
-        for name in ("positions", "energies", "forces", "cell"):
+        for name in ("positions", "energies", "forces", "cell", "masses"):
             value = getattr(self, name)
             object.__setattr__(self, name, None if value is None else np.asarray(value, np.float64))
         pos = self.positions
@@ -107,7 +138,7 @@ class Frames:
                              "give frames with at least one atom")
         species = np.asarray(self.species)
         expected = {"species": (species, (n_atoms,)), "energies": (self.energies, (n_frames,)),
-                    "forces": (self.forces, pos.shape)}
+                    "forces": (self.forces, pos.shape), "masses": (self.masses, (n_atoms,))}
         for name, (value, shape) in expected.items():
             if value is not None and value.shape != shape:
                 raise ValueError(f"{self.source}: {name} have shape {value.shape} but positions "
@@ -131,6 +162,10 @@ class Frames:
             raise ValueError(f"{self.source}: frame {f}, atom {a} has a non-finite force "
                              f"{self.forces[f, a].tolist()} eV/Å; remove the frame or fix its "
                              "labels")
+        if self.masses is not None and not (np.isfinite(self.masses) & (self.masses > 0)).all():
+            a = np.flatnonzero(~(np.isfinite(self.masses) & (self.masses > 0)))[0]
+            raise ValueError(f"{self.source}: atom {a} has the mass {self.masses[a]} amu; give "
+                             "positive finite masses in amu")
 
     def __len__(self) -> int:
         """Number of frames."""
@@ -140,8 +175,8 @@ class Frames:
         """The frames picked by ``index``: a slice, an int index array or a bool mask.
 
         Per-frame arrays (positions, energies, forces, a per-frame cell) are indexed;
-        species, a shared (3, 3) cell and source are kept. The result always keeps
-        the frame axis (an int gives one frame).
+        species, masses, a shared (3, 3) cell, source and ``coarse_grained`` are kept. The
+        result always keeps the frame axis (an int gives one frame).
         """
         if not isinstance(index, slice):
             index = np.asarray(index)
@@ -256,10 +291,33 @@ def _read_npz(path: str, format: str | None) -> Frames:
                                  "store coarse-grained bead types as integers from 0")
             return Frames(species=types + 1,
                           positions=positions[None] if positions.ndim == 2 else positions,
-                          energies=None, forces=forces, cell=cell, source=source)
+                          energies=None, forces=forces, cell=cell, source=source,
+                          masses=_cg_bead_masses(path, types), coarse_grained=True)
         return Frames(species=get("species"), positions=get("coords"), energies=get("energies"),
                       forces=get("forces"), cell=get("cell") if "cell" in keys else None,
                       source=source)
+
+
+def _cg_bead_masses(path: str, types: np.ndarray) -> np.ndarray | None:
+    """(n_beads,) bead masses in amu from the JSON sidecar of the CG npz ``path`` (same stem,
+    ``.json``) by the rule of the module docstring, or None where the rule gives none."""
+    try:
+        with open(os.path.splitext(path)[0] + ".json", encoding="utf-8") as f:
+            sidecar = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("system"), str):
+        return None
+    named = [formula for word, formula in CG_MOLECULES.items()
+             if re.search(rf"\b{word}\b", sidecar["system"], re.IGNORECASE)]
+    n_molecules = sidecar.get("n_molecules", len(types))
+    if len(named) != 1 or n_molecules != len(types) or np.unique(types).size != 1:
+        return None
+    from ase.data import atomic_masses, atomic_numbers
+    from ase.formula import Formula
+
+    mass = sum(n * atomic_masses[atomic_numbers[symbol]] for symbol, n in Formula(named[0]).count().items())
+    return np.full(len(types), mass)
 
 
 def _kcal_to_ev(x: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Shared test fixtures (builders and assertions live in ``helpers.py``)."""
 
+import gc
 import os
 from pathlib import Path
 
@@ -14,6 +15,22 @@ from helpers import morse_dimers, small_potential  # noqa: E402
 from jaxrel.checkpoint import save_checkpoint  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+MAX_MEMORY_MAPS = 20_000
+"""Compiled XLA executables stay alive in JAX's caches, each with ~14 memory mappings; a
+process that reaches the kernel's vm.max_map_count (65,530 by default) crashes inside the
+compiler (a segfault, seen at 90 % of the suite). Above this many mappings the caches are
+cleared between test modules."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bounded_compilation_caches():
+    """Clear JAX's compilation caches after a module when the process holds many mappings."""
+    yield
+    maps = Path(f"/proc/{os.getpid()}/maps")
+    if maps.is_file() and sum(1 for _ in maps.open()) > MAX_MEMORY_MAPS:
+        jax.clear_caches()
+        gc.collect()
 
 
 @pytest.fixture(scope="session")

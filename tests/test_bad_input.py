@@ -309,33 +309,40 @@ def test_test_data_with_species_absent_from_training_is_refused(workspace, tmp_p
 
 # ---------------------------------------------------------------- interruption and strict JSON
 
-def test_ctrl_c_during_training_keeps_a_usable_best_model_and_metrics_of_that_model(workspace, tmp_path, capsys,
-                                                                                  monkeypatch):
+def test_ctrl_c_during_force_matching_with_a_prior_keeps_a_usable_best_model_and_its_metrics(workspace, tmp_path,
+                                                                                           capsys, monkeypatch):
     import jaxrel.train as train_module
 
+    frames = ase.io.read(workspace["extxyz"], index=":")
+    for atoms in frames:
+        atoms.calc.results.pop("energy")            # forces only: coarse-grained force matching
+    data = tmp_path / "forces_only.extxyz"
+    ase.io.write(data, frames)
     real = train_module.save_checkpoint
     calls = []
 
-    def interrupt_after_first_save(*args, **kwargs):
+    def interrupt_after_second_save(*args, **kwargs):
         result = real(*args, **kwargs)
         calls.append(1)
         if len(calls) == 2:              # best of epoch 2 saved: the user presses Ctrl-C
             raise KeyboardInterrupt
         return result
 
-    monkeypatch.setattr(train_module, "save_checkpoint", interrupt_after_first_save)
+    monkeypatch.setattr(train_module, "save_checkpoint", interrupt_after_second_save)
     out = tmp_path / "run"
-    assert main(["train", "--data", str(workspace["extxyz"]), "--features", "8", "--interactions", "1", "--epochs", "50",
-                 "--lr", "1e-3", "--quiet", "--out", str(out)]) == 130
+    assert main(["train", "--data", str(data), "--energy-weight", "0", "--prior", "repulsive", "--features", "8",
+                 "--interactions", "1", "--epochs", "50", "--lr", "1e-3", "--quiet", "--out", str(out)]) == 130
     captured = capsys.readouterr()
     assert captured.err.strip().startswith("jaxrel train: interrupted at epoch")
     metrics = json.loads((out / "metrics.json").read_text(), parse_constant=_no_nan)
     training = metrics["training"]
     assert training["interrupted"] is True and training["epochs"] == training["best_epoch"] < 50
+    assert metrics["test"]["energy_mae_meV"] is None and metrics["test"]["forces_mae_meV_per_A"] > 0
     config = json.loads((out / "model" / "config.json").read_text(), parse_constant=_no_nan)
     assert metrics["params_sha256"] == config["params_sha256"]
     assert config["metadata"]["metrics"]["test"] == metrics["test"]
-    assert main(["evaluate", "--model", str(out / "model"), "--data", str(workspace["extxyz"])]) == 0
+    assert config["model"]["prior"] == "repulsive" and config["metadata"]["run"]["training"]["prior"] == "repulsive"
+    assert main(["evaluate", "--model", str(out / "model"), "--data", str(data)]) == 0
     assert math.isfinite(json.loads(capsys.readouterr().out)["test"]["forces_mae_meV_per_A"])
 
 

@@ -1,7 +1,6 @@
-"""The repulsive pair prior of coarse-grained potentials: its forces, its fit, its place in
-training without energies, and its exact 2-body column in every explanation (float64)."""
-
-import json
+"""The repulsive pair prior of coarse-grained potentials: its forces, its fit, its checkpoint
+and its exact 2-body column in every explanation (float64). Force matching with the prior
+through ``jaxrel train`` is tested with the interruption in ``test_bad_input.py``."""
 
 import jax
 import numpy as np
@@ -9,7 +8,6 @@ import pytest
 
 from jaxrel.analysis.write import write_analysis
 from jaxrel.checkpoint import load_checkpoint, save_checkpoint
-from jaxrel.cli import main
 from jaxrel.graph import build_graphs
 from jaxrel.models import ModelConfig, Potential
 from jaxrel.models.prior import EXPONENT, fit_repulsive_prior, repulsive_energy
@@ -113,29 +111,12 @@ def test_explanations_of_a_network_with_a_prior_conserve_and_list_the_prior_apar
     assert np.nanmax(with_prior.mean - curves.mean) > 0       # the repulsion lifts the curve at short range
 
 
-def test_force_matching_with_the_repulsive_prior_trains_without_energies_and_reloads(dimers, tmp_path, capsys):
-    import ase.io
-
-    frames = ase.io.read(dimers, index=":")
-    for atoms in frames:
-        atoms.calc.results.pop("energy")
-    data = tmp_path / "forces_only.extxyz"
-    ase.io.write(data, frames)
-    out = tmp_path / "cg"
-    assert main(["train", "--data", str(data), "--energy-weight", "0", "--prior", "repulsive", "--features", "8",
-                 "--interactions", "1", "--epochs", "1", "--dtype", "float64", "--quiet", "--out", str(out)]) == 0
-    metrics = json.loads(capsys.readouterr().out)
-    assert metrics["test"]["energy_mae_meV"] is None and metrics["test"]["forces_mae_meV_per_A"] > 0
-    pot, params, meta = load_checkpoint(out / "model")
-    assert pot.config.prior == "repulsive" and meta["run"]["training"]["prior"] == "repulsive"
-    sigma = np.asarray(pot.module(params).prior_sigma[...])
-    positions = np.stack([a.positions for a in frames])
-    oh = np.linalg.norm(positions[:, 1] - positions[:, 0], axis=-1)
-    index = {z: k for k, z in enumerate(pot.config.species)}
-    split_min = sigma[index[1], index[8]]
-    assert oh.min() <= split_min + 1e-12 and split_min < oh.max()       # a closest approach of the training split
-    save_checkpoint(tmp_path / "copy", pot, params)
-    graph = build_graphs(positions[:2], frames[0].numbers, pot.config.cutoff).astype("float64")
-    np.testing.assert_array_equal(np.asarray(pot.energy(params, graph)),
-                                  np.asarray(load_checkpoint(tmp_path / "copy")[0].energy(
-                                      load_checkpoint(tmp_path / "copy")[1], graph)))
+def test_a_checkpoint_keeps_the_prior_and_reloads_the_same_energy(frame, tmp_path):
+    positions, species, cell = frame
+    pot, params = prior_potential(energy_scale=0.5, seed=2)
+    save_checkpoint(tmp_path / "m", pot, params)
+    loaded, loaded_params, _ = load_checkpoint(tmp_path / "m")
+    graph = build_graphs(positions, species, CUTOFF, cell=cell).astype("float64").frame(0)
+    assert loaded.config.prior == "repulsive"
+    np.testing.assert_array_equal(np.asarray(loaded.module(loaded_params).prior_sigma[...]), [[SIGMA]])
+    assert float(loaded.energy(loaded_params, graph)) == float(pot.energy(params, graph))

@@ -67,6 +67,7 @@ import numpy as np
 from jax_md import partition, simulate, space
 from tqdm import tqdm
 
+from jaxrel.files import savez
 from jaxrel.geometry import check_cell, minimum_image
 from jaxrel.graph import check_positions
 from jaxrel.nn.functional import safe_norm
@@ -645,5 +646,6 @@ def generate_noble_gas(species="Ar", n_atoms=64, n_frames=50, seed=0, temperatur
 
 
 def save_noble_gas(data: dict, path) -> None:
-    """Write a :func:`generate_noble_gas` dict to ``path`` with ``np.savez`` (uncompressed)."""
-    np.savez(path, **data)
+    """Write a :func:`generate_noble_gas` dict to ``path`` (an .npz, uncompressed), atomically
+    (:func:`jaxrel.files.savez`: a killed run leaves the old file or the new one)."""
+    savez(path, **data)

@@ -272,12 +272,17 @@ def test_missing_or_corrupt_checkpoints_get_one_line_errors_in_every_command(wor
 
 # ---------------------------------------------------------------- species
 
-def test_data_with_species_the_model_does_not_know_is_refused_everywhere(workspace, tmp_path, capsys):
-    frames = ase.io.read(workspace["data"], index=":")
+def with_species(source: Path, numbers: list[int], path: Path) -> Path:
+    """The frames of ``source`` with their atoms renamed to ``numbers``, written to ``path``."""
+    frames = ase.io.read(source, index=":")
     for atoms in frames:
-        atoms.numbers = [8, 1, 6]        # carbon: not in the H/O model
-    carbon = tmp_path / "carbon.extxyz"
-    ase.io.write(carbon, frames)
+        atoms.numbers = numbers
+    ase.io.write(path, frames)
+    return path
+
+
+def test_data_with_species_the_model_does_not_know_is_refused_everywhere(workspace, tmp_path, capsys):
+    carbon = with_species(workspace["data"], [8, 1, 6], tmp_path / "carbon.extxyz")   # C: not in the H/O model
     for command, argv in _data_commands(workspace, carbon, tmp_path / "out").items():
         if command == "train":
             continue
@@ -286,22 +291,14 @@ def test_data_with_species_the_model_does_not_know_is_refused_everywhere(workspa
 
 
 def test_report_data_of_another_system_is_refused(workspace, tmp_path, capsys):
-    frames = ase.io.read(workspace["data"], index=":")
-    for atoms in frames:
-        atoms.numbers = [8, 8, 1]
-    other = tmp_path / "other.extxyz"
-    ase.io.write(other, frames)
+    other = with_species(workspace["data"], [8, 8, 1], tmp_path / "other.extxyz")
     line = run_fails(["report", "--explained", workspace["explained"], "--data", other, "--out", tmp_path / "r"],
                      capsys)
     assert "give the data that was explained" in line
 
 
 def test_test_data_with_species_absent_from_training_is_refused(workspace, tmp_path, capsys):
-    frames = ase.io.read(workspace["extxyz"], index=":")
-    for atoms in frames:
-        atoms.numbers = [8, 1, 6]
-    test = tmp_path / "test.extxyz"
-    ase.io.write(test, frames)
+    test = with_species(workspace["extxyz"], [8, 1, 6], tmp_path / "test.extxyz")
     line = run_fails(["train", "--data", workspace["extxyz"], "--test-data", test, "--epochs", "1",
                       "--out", tmp_path / "run"], capsys)
     assert "species [6]" in line and "lacks" in line

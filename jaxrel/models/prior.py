@@ -18,8 +18,8 @@ for σ ≈ 3.3 Å), and below it the repulsion grows as r⁻¹³ (18 F_rms at 0.
 never seen within the cutoff take the smallest σ of the pairs that were.
 
 The prior is exactly pairwise, so the many-body expansion puts all of it into the 2-body
-terms, and an explanation lists it as its own column of the 2-body table
-(:class:`jaxrel.relevance.Table` ``prior``). Units: Å, eV, eV/Å.
+terms, and an explanation lists it as its own ``prior`` column of the 2-body table.
+Units: Å, eV, eV/Å.
 """
 
 from __future__ import annotations

@@ -81,8 +81,8 @@ def simulate(settings: dict, run: Path, md_ps: float, rerun: bool) -> dict:
     """CG MD (or its earlier run); the stability report."""
     out = run / "md"
     report = out / "stability.json"
-    if rerun or not report.is_file() or json.loads(report.read_text()).get("status") != "finished" or \
-            json.loads(report.read_text())["simulated_time_ps"] < md_ps:
+    earlier = json.loads(report.read_text()) if report.is_file() else {}
+    if rerun or earlier.get("status") != "finished" or earlier["simulated_time_ps"] < md_ps:
         run_md(run / "model", DATA / settings["data"], out, frame=0, ensemble="nvt-langevin",
                temperature_K=settings["temperature_K"], dt_fs=2.0, time_ps=md_ps, log_every=500,
                overwrite=True, progress=False)

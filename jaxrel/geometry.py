@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 _MIN_VOLUME = 1e-9
-"""Smallest |det(cell)| in Å³ that :func:`check_cell` accepts as a non-degenerate cell."""
+"""Smallest ``|det(cell)|`` in Å³ that :func:`check_cell` accepts as a non-degenerate cell."""
 
 _R_MAX_TOLERANCE = 1e-12
 """Å by which r_max may exceed half the smallest cell height (float rounding of r_max)."""
@@ -88,7 +88,7 @@ def cluster_coordinates(positions, atoms, cell) -> np.ndarray:
 
 
 def cell_heights(cell) -> np.ndarray:
-    """Perpendicular widths of periodic cells: h_k = V / |a_(k+1) × a_(k+2)|.
+    """Perpendicular widths of periodic cells: ``h_k = V / |a_(k+1) × a_(k+2)|``.
 
     Args:
         cell: (3, 3) or (..., 3, 3) float, Å, rows are the lattice vectors a_0, a_1, a_2.
@@ -128,7 +128,7 @@ def check_cell(cell, cutoff: float | None = None, *, r_max: float | None = None,
 
     Raises:
         ValueError: a shape other than (3, 3) (or (n_frames, 3, 3) with ``per_frame``), a
-            NaN or infinite entry, a degenerate cell (|det| < 1e-9 Å³), a cutoff that is not
+            NaN or infinite entry, a degenerate cell (``|det| < 1e-9`` Å³), a cutoff that is not
             positive, a cell narrower than twice the cutoff, or r_max beyond half the
             smallest cell height. With one cell per frame, the message names the first bad
             frame.

@@ -25,13 +25,13 @@ positions, forces or energies are not finite or it is too hot. Too hot means a t
 above ``MDConfig.temperature_limit_K``, and, in the ensembles with a conserved quantity H
 (:data:`CONSERVING`: E_pot + E_kin for nve, H' for nvt-nh), also
 
-    |H(t) − H(0)| > ½ (E_kin(t) − E_kin(0))          (:data:`ENERGY_ERROR_FRACTION` = ½)
+    ``|H(t) − H(0)| > ½ (E_kin(t) − E_kin(0))``      (:data:`ENERGY_ERROR_FRACTION` = ½)
 
 A run can heat legitimately: a cold start far from a minimum turns potential energy into
 kinetic energy with H unchanged, and a trained model is judged on its structures
 (:mod:`jaxrel.stability`: bonds, atom collapse), not on the driver's thermometer. An
 integrator that blows up creates its kinetic energy out of the integration error, so H
-moves by about as much as E_kin rises, while a stable one keeps |ΔH| at its O(dt²) error,
+moves by about as much as E_kin rises, while a stable one keeps ``|ΔH|`` at its O(dt²) error,
 about 1e-3 of the energy it exchanges (the tests' bound). The rule calls the heating
 unstable when more than half of the kinetic energy gained was not paid for by the
 potential energy (or, nvt-nh, the thermostat), which leaves a wide margin on both sides.
@@ -1105,8 +1105,8 @@ def run_md(model, data, out, *, frame: int = 0, ensemble: str = "nve", temperatu
             start frame and the reference of the stability report.
         out: the run folder.
         frame: index of the start frame in ``data``.
-        ensemble, temperature_K, dt_fs, log_every, friction_per_ps, tau_fs, seed,
-            max_temperature_K: as in :class:`MDConfig` (K, fs, 1/ps, fs, K).
+        ensemble, temperature_K, dt_fs, log_every, friction_per_ps, tau_fs, seed, max_temperature_K: as in
+            :class:`MDConfig` (K, fs, 1/ps, fs, K).
         time_ps: simulated time of the whole run, ps (n_steps = round(1000 time_ps / dt_fs)).
         replicas: number of replicas R.
         masses: amu, one value for every atom or ``{species: mass}`` (``--mass``,

@@ -6,9 +6,9 @@ TMLR 2023 (arXiv:2210.07237), computed with numpy over stored trajectories.
   which any covalent bond of the reference structure deviates by more than Δ = 0.5 Å
   from its mean reference length.
 * h(r) (molecules): the distribution of all interatomic distances, a probability density
-  in 1/Å; its error is ∫ |h_sim(r) − h_ref(r)| dr (dimensionless, between 0 and 2).
+  in 1/Å; its error is ``∫ |h_sim(r) − h_ref(r)| dr`` (dimensionless, between 0 and 2).
 * g_ab(r) (periodic liquids, e.g. water O–O, H–H, H–O): the partial radial distribution
-  function under the minimum-image convention; its error is ∫ |g_sim(r) − g_ref(r)| dr in Å.
+  function under the minimum-image convention; its error is ``∫ |g_sim(r) − g_ref(r)| dr`` in Å.
 * Energy drift (NVE): slope of a least-squares line through the conserved energy, in
   meV/atom/ps.
 
@@ -20,15 +20,15 @@ first coordination shell.
   the first minimum after it, the first-shell radius.
 * Angle distribution (:func:`shell_distributions`): the angles θ_jik between every pair of
   neighbours j, k of an atom i within the first-shell radius, as a density in 1/degree on
-  [0°, 180°]; its error ∫ |p_sim(θ) − p_ref(θ)| dθ is dimensionless, between 0 and 2.
+  [0°, 180°]; its error ``∫ |p_sim(θ) − p_ref(θ)| dθ`` is dimensionless, between 0 and 2.
 * Tetrahedral order (:func:`tetrahedral_order`, Errington & Debenedetti 2001, Nature 409,
   318, DOI 10.1038/35053024): q_i = 1 − 3/8 Σ_{j<k} (cos ψ_jik + 1/3)² over the four
   nearest neighbours, 1 for a perfect tetrahedron and 0 on average for an ideal gas. It is
   the observable of water's hydrogen-bond network; the report gives it for every
   one-species liquid. Its distribution is a density on the whole range of q, [−3, 1]; its
-  error ∫ |p_sim(q) − p_ref(q)| dq is between 0 and 2.
+  error ``∫ |p_sim(q) − p_ref(q)| dq`` is between 0 and 2.
 
-All integrals are Riemann sums over the histogram bins, Σ_k |Δ_k| Δx, which for h(r) and
+All integrals are Riemann sums over the histogram bins, ``Σ_k |Δ_k| Δx``, which for h(r) and
 g(r) equals Fu et al.'s "mean absolute difference × r_max" (their ``mae(x, y, xlim)``).
 Neighbours and distances in periodic cells are minimum images
 (:func:`jaxrel.geometry.minimum_image`). Positions are in Å, times in ps, energies in eV,
@@ -152,7 +152,7 @@ def time_to_bond_instability(positions, time_ps, pairs, reference_lengths,
     """First time at which any bond deviates from its reference length by more than ``threshold``.
 
     Fu et al. 2023 (arXiv:2210.07237), MD17 stability: unstable at the first frame with
-    max_(i,j)∈bonds |r_ij − b_ij| > Δ, Δ = 0.5 Å. A bond length that is not finite (NaN or
+    ``max_(i,j)∈bonds |r_ij − b_ij| > Δ``, Δ = 0.5 Å. A bond length that is not finite (NaN or
     inf positions) also counts as a deviation.
 
     Args:
@@ -311,7 +311,7 @@ def distance_distribution(positions, r_max: float = 10.0, n_bins: int = 500) -> 
 
 
 def hr_mae(simulated, reference, r_max: float = 10.0, n_bins: int = 500) -> float:
-    """h(r) error ∫_0^r_max |h_sim(r) − h_ref(r)| dr (Fu et al. 2023, arXiv:2210.07237).
+    """h(r) error ``∫_0^r_max |h_sim(r) − h_ref(r)| dr`` (Fu et al. 2023, arXiv:2210.07237).
 
     Fu et al. write it as the mean absolute difference of the binned densities times r_max,
     which is the same Riemann sum. Dimensionless: 0 for identical distributions, 2 for
@@ -338,8 +338,8 @@ def rdf(positions, cell, species, pair: tuple[int, int], r_max: float = 6.0,
         n_bins: int = 500) -> np.ndarray:
     """Partial radial distribution function g_ab(r) of a periodic system.
 
-    g_ab(r) = V / (N_pairs · n_frames) · counts(r) / (4π/3 (r_+³ − r_-³)), where counts are
-    the minimum-image distances between a-atoms and b-atoms in a bin [r_-, r_+) and
+    ``g_ab(r) = V / (N_pairs · n_frames) · counts(r) / (4π/3 (r_+³ − r_-³))``, where counts are
+    the minimum-image distances between a-atoms and b-atoms in a bin ``[r_-, r_+)`` and
     N_pairs = N_a N_b (a ≠ b) or N_a (N_a − 1) / 2 (a = b, each pair once). An ideal gas
     gives g = 1. Fu et al. 2023 (arXiv:2210.07237, water) use this estimator except that
     for a = b they normalise by N_a² ordered pairs, a factor (N_a − 1)/N_a lower.
@@ -377,7 +377,7 @@ def rdf(positions, cell, species, pair: tuple[int, int], r_max: float = 6.0,
 
 def rdf_error(simulated, reference, cell, species, pairs=None, r_max: float = 6.0,
               n_bins: int = 500) -> dict[str, float]:
-    """RDF errors ∫_0^r_max |g_sim(r) − g_ref(r)| dr per species pair, Å (Fu et al. 2023).
+    """RDF errors ``∫_0^r_max |g_sim(r) − g_ref(r)| dr`` per species pair, Å (Fu et al. 2023).
 
     Fu et al. (arXiv:2210.07237) report this for water's O–O, H–H and H–O RDFs, computed
     as the mean absolute difference of the binned g(r) times r_max (the same Riemann sum).

@@ -43,7 +43,7 @@ PAIR_CURVE_GOAL = 0.05
 THREE_BODY_GOAL = 0.10
 """Goal for the 3-body total per frame: within this fraction of the exact ATM total."""
 NULL_GOAL = 0.01
-"""Goal of the null test (no ATM): |Σ 3-body| below this fraction of |Σ 2-body| per frame."""
+"""Goal of the null test (no ATM): ``|Σ 3-body|`` below this fraction of ``|Σ 2-body|`` per frame."""
 MIN_BIN_COUNT = 5
 """Distance bins with fewer pairs than this are left out of the pair-curve error."""
 
@@ -55,7 +55,7 @@ class PhysicsScore:
     pair_curve_rms_over_epsilon: {species pair: RMS over distance bins of mean R₂ − mean φ of
     the same pairs, in units of the pair's ε}; three_body_total, two_body_total,
     exact_three_body_total, exact_two_body_total: per-frame means, eV;
-    three_body_error: |Σ R₃ − Σ E_ATM| / |Σ E_ATM| (with ATM) or |Σ R₃| / |Σ R₂| (null test),
+    three_body_error: ``|Σ R₃ − Σ E_ATM| / |Σ E_ATM|`` (with ATM) or ``|Σ R₃| / |Σ R₂|`` (null test),
     of the per-frame means; meets_goals: both within the goals of the module docstring.
     """
 

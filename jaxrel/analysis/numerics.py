@@ -1,6 +1,6 @@
 """What the network learned, read off the n-body relevance tables of an explanation.
 
-Pure numpy functions over the n-body :class:`~jaxrel.relevance.Table`s of an
+Pure numpy functions over the n-body :class:`~jaxrel.relevance.Table`\\ s of an
 :class:`~jaxrel.relevance.Explanation`, returning small typed results (:class:`BinnedCurve`,
 :class:`Strength`, :class:`Shares`, :class:`Agreement`). No plotting here: figures live in
 :mod:`jaxrel.analysis.plots`, files in :mod:`jaxrel.analysis.write`.
@@ -37,10 +37,12 @@ from jaxrel.relevance import Explanation, Table
 class BinnedCurve(NamedTuple):
     """A binned mean of values against a coordinate.
 
-    x      (b,) float64 | bin centres (Å or degrees; for decay fits the mean coordinate of each bin)
-    mean   (b,) float64 | mean value per bin, eV (0 for empty bins)
-    sem    (b,) float64 | standard error of the mean, eV (0 for bins with fewer than two values)
-    count  (b,) int     | values per bin (mask empty bins with count > 0)
+    Fields::
+
+        x      (b,) float64 | bin centres (Å or degrees; for decay fits the mean coordinate of each bin)
+        mean   (b,) float64 | mean value per bin, eV (0 for empty bins)
+        sem    (b,) float64 | standard error of the mean, eV (0 for bins with fewer than two values)
+        count  (b,) int     | values per bin (mask empty bins with count > 0)
     """
 
     x: np.ndarray
@@ -52,9 +54,9 @@ class BinnedCurve(NamedTuple):
 class Strength(NamedTuple):
     """Interaction strength of one species pair (:func:`interaction_strength`).
 
-    mean_abs_eV: mean |R₂| over all terms; count: terms; decay_length_A and amplitude_eV:
-    the fit mean |R₂| ≈ amplitude · exp(−r/λ) (None when fewer than two bins enter the fit or
-    mean |R₂| does not decrease); n_fit_bins: bins in the fit; bins: mean |R₂| per distance
+    mean_abs_eV: mean ``|R₂|`` over all terms; count: terms; decay_length_A and amplitude_eV:
+    the fit mean ``|R₂|`` ≈ amplitude · exp(−r/λ) (None when fewer than two bins enter the fit
+    or mean ``|R₂|`` does not decrease); n_fit_bins: bins in the fit; bins: mean ``|R₂|`` per distance
     bin (x the mean distance of the bin's terms, Å).
     """
 
@@ -254,8 +256,8 @@ def body_order_shares(explanation: Explanation) -> Shares:
 
     * energy share (signed): R_n(f) / (Σ_m R_m(f) + ρ(f)), i.e. of Σ of all walk relevances;
       ρ(f) gets the remaining share, so the shares and the residual share sum to 1.
-    * |R| share: Σ_{n-body terms}|R| / (Σ_{all listed terms}|R| + |ρ(f)|), with |ρ(f)| the
-      residual's share.
+    * ``|R|`` share: ``Σ_{n-body terms}|R| / (Σ_{all listed terms}|R| + |ρ(f)|)``, with
+      ``|ρ(f)|`` the residual's share.
 
     Signed shares are ill-conditioned when a frame's Σ R is near zero (a model whose
     species shifts absorb the mean energy): ``pooled`` divides the sums over all frames
@@ -299,8 +301,8 @@ def interaction_strength(table2: Table, *, r_min: float | None = None,
                          n_bins: int = 20) -> dict[tuple[int, int], Strength]:
     """Interaction strength per species pair and its exponential decay length.
 
-    Strength is the mean |R_2| over all pair terms of a species pair. The decay length λ
-    comes from a least-squares fit of log(mean |R_2| in a distance bin) = a − r/λ over the
+    Strength is the mean ``|R_2|`` over all pair terms of a species pair. The decay length λ
+    comes from a least-squares fit of log(mean ``|R_2|`` in a distance bin) = a − r/λ over the
     bins at r ≥ ``r_min``, with r the mean distance of the terms in each bin (Esders et
     al., "Analyzing atomic interactions in molecules as learned by neural networks",
     J. Chem. Theory Comput. 2025, arXiv:2410.13833). Bins are shared by all pairs:

@@ -106,7 +106,7 @@ def plot_triplet_profiles(profiles: dict[tuple[int, int, int], BinnedCurve], pat
 
 
 def plot_body_order_shares(shares: Shares, path) -> Path:
-    """Bars of the pooled energy share and |R| share per body order (and the residual),
+    """Bars of the pooled energy share and ``|R|`` share per body order (and the residual),
     error bars the standard deviation of the per-frame shares.
 
     Args:
@@ -134,7 +134,7 @@ def plot_body_order_shares(shares: Shares, path) -> Path:
 
 def plot_decay(strength: dict[tuple[int, int], Strength], path, *,
                names: dict[int, str] | None = None) -> Path:
-    """Mean |R₂| per distance bin on a log axis with the fitted exponential a − r/λ.
+    """Mean ``|R₂|`` per distance bin on a log axis with the fitted exponential a − r/λ.
 
     Args:
         strength: :func:`interaction_strength` output.

@@ -3,7 +3,7 @@ arXiv:2101.03164) on e3nn-jax, as a Flax NNX module.
 
 Node features are irreps F_0×0e + F_1×1o + … + F_L×Le (one parity per l, the parity of the
 spherical harmonics: an O(3)-equivariant model without pseudo-tensors). h⁽⁰⁾ = embed(Z), F_0
-scalars. Interaction t (residual through a self-connection):
+scalars. Interaction t (residual through a self-connection)::
 
     x = Linear_up(h)                                        (per-l channel mixing)
     m_ij = w(r_ij) ⊙ [x_j ⊗ Y(r̂_ij)]                      (e3nn tensor product, Y up to l = L,

@@ -1,6 +1,7 @@
 """NaN-safe elementwise maths, activations, cutoff functions and radial bases.
 
 Pure functions of arrays (no parameters). Formulas:
+
 * Gaussian radial basis and shifted softplus: Schütt et al., "SchNet – a deep learning
   architecture for molecules and materials", J. Chem. Phys. 2018, arXiv:1712.06113.
 * Cosine cutoff 0.5 (cos(π r / r_c) + 1): Behler, J. Chem. Phys. 2011.
@@ -30,7 +31,7 @@ def safe_norm(x: jax.Array, axis: int = -1, keepdims: bool = False) -> jax.Array
 
 
 def unit_vectors(vectors: jax.Array, lengths: jax.Array) -> jax.Array:
-    """Directions r̂ = r / |r| of (n_edges, 3) vectors with lengths (n_edges,); 0 (not NaN, and
+    """Directions ``r̂ = r / |r|`` of (n_edges, 3) vectors with lengths (n_edges,); 0 (not NaN, and
     with a zero gradient) where the length is 0, e.g. padded edges."""
     positive = lengths[:, None] > 0
     return jnp.where(positive, vectors / jnp.where(positive, lengths[:, None], 1.0), 0.0)

@@ -10,7 +10,7 @@ and for the rare winding rings it is what the model sees of them in the frame (a
 potential then has no spurious terms for them). The n-body terms follow by Möbius
 inversion over subsets,
 
-    ε(S) = Σ_{T ⊆ S} (−1)^{|S|−|T|} E(T),
+    ``ε(S) = Σ_{T ⊆ S} (−1)^{|S|−|T|} E(T)``,
 
 so ε({i}) = E({i}) − e_{Z_i}, ε({i, j}) = E({i, j}) − E({i}) − E({j}), and so on (the
 classic MBE of quantum chemistry; for machine-learned potentials Chong et al. 2025,
@@ -18,11 +18,11 @@ arXiv:2509.14146, "body-order paradox"). Sets that are not connected within the 
 have ε = 0 exactly for a local model, so only connected sets are evaluated. The fixed
 species shifts e_Z carry no interaction and are accounted apart, as in GNN-LRP
 explanations, so Σ_S ε(S) over every order is E − Σ_i e_{Z_i}, and the truncation
-residual E − Σ_i e_{Z_i} − Σ_{|S| ≤ max_order} ε(S) is what the orders above ``max_order``
+residual ``E − Σ_i e_{Z_i} − Σ_{|S| ≤ max_order} ε(S)`` is what the orders above ``max_order``
 carry.
 
 Because each term is a function of positions, its gradient splits forces by body order:
-F_i = Σ_n F_i⁽ⁿ⁾ + residual with F_i⁽ⁿ⁾ = −Σ_{|S| = n, S ∋ i} ∂ε(S)/∂x_i, and the pair terms
+F_i = Σ_n F_i⁽ⁿ⁾ + residual with ``F_i⁽ⁿ⁾ = −Σ_{|S| = n, S ∋ i} ∂ε(S)/∂x_i``, and the pair terms
 give pairwise forces f_ij = −∂ε({i, j})/∂x_i = −f_ji (Newton's third law, by translation
 invariance of each cluster energy).
 

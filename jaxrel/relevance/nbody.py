@@ -163,7 +163,7 @@ def mobius_inversion(sets: dict[int, np.ndarray], values: dict[int, np.ndarray],
     listed (not connected) have ε(T) = 0: a set function that is additive over
     disconnected parts (subgraph relevance; an energy of separated clusters) has zero
     terms for them, so this equals the full inclusion–exclusion
-    ε(S) = Σ_{T ⊆ S} (−1)^{|S|−|T|} v(T) (Rota 1964; for energies the many-body
+    ``ε(S) = Σ_{T ⊆ S} (−1)^{|S|−|T|} v(T)`` (Rota 1964; for energies the many-body
     expansion, Chong et al. 2025, arXiv:2509.14146).
 
     Args:
@@ -202,12 +202,13 @@ def mobius_inversion(sets: dict[int, np.ndarray], values: dict[int, np.ndarray],
 class NBody:
     """Exact n-body decomposition of one frame (eV).
 
-    orders: {n: Table} for n = 1..max_order.
-    energy: the model's energy E.
-    total: Σ over all walks = unmasked gradient × input.
-    residual: total − Σ of every table (the terms of order > max_order; 0 when
-        max_order ≥ T + 1).
-    seconds: wall time of the decomposition.
+    Attributes:
+        orders: {n: Table} for n = 1..max_order.
+        energy: the model's energy E.
+        total: Σ over all walks = unmasked gradient × input.
+        residual: total − Σ of every table (the terms of order > max_order; 0 when
+            max_order ≥ T + 1).
+        seconds: wall time of the decomposition.
     """
 
     orders: dict[int, Table]

@@ -164,7 +164,7 @@ class Table:
         return replace(self, prior=prior, relevance=self.relevance + prior if add else self.relevance)
 
     def frame_sums(self, frames: np.ndarray, absolute: bool = False) -> np.ndarray:
-        """Σ relevance (or Σ |relevance|) of the rows of each frame number in ``frames``, eV.
+        """Σ relevance (or ``Σ |relevance|``) of the rows of each frame number in ``frames``, eV.
 
         Raises:
             ValueError: a row's frame number is not in ``frames``.

@@ -128,14 +128,14 @@ def walk_relevance(potential, params, graph: Graph, walks: np.ndarray,
 
 def top_k_walks(potential, params, graph: Graph, k: int, rules: RuleSet | str = "gi",
                 suffixes_per_block: int = 4096, return_stats: bool = False):
-    """The k walks with the largest |R_W|, exactly, by best-first search over walk suffixes.
+    """The k walks with the largest ``|R_W|``, exactly, by best-first search over walk suffixes.
 
     Suffixes are grown from the readout down (i_T first, then i_{T−1} ∈ {i_T} ∪ senders
     into i_T, …). A suffix (i_t, …, i_T) carries its cotangent row c at atom i_t; one
     VJP of layer t gives the exact rows of all its one-step extensions, and expanding a
     suffix (i_1, …, i_T) gives the exact R_W of its walks for every start atom i_0.
     A suffix is expanded only while its admissible bound ‖c‖·M_t(i_t) exceeds the k-th
-    largest |R| found, where M_t(j) ≥ ‖J_t ⋯ J_1 h⁽⁰⁾_{i_0}‖ over all lower walks ending
+    largest ``|R|`` found, where M_t(j) ≥ ‖J_t ⋯ J_1 h⁽⁰⁾_{i_0}‖ over all lower walks ending
     at j (a max-product dynamic programme over exact spectral norms of the per-edge
     Jacobian blocks of the rule-substituted layers; Xiong et al., ICML 2023). The result
     equals full enumeration (up to the order of ties).
@@ -151,7 +151,7 @@ def top_k_walks(potential, params, graph: Graph, k: int, rules: RuleSet | str = 
             single suffixes, and linearised layer passes spent on the bounds.
 
     Returns:
-        ``(walks (k, T + 1) int32, relevance (k,) eV)`` sorted by |R| descending (fewer
+        ``(walks (k, T + 1) int32, relevance (k,) eV)`` sorted by ``|R|`` descending (fewer
         rows if the frame has fewer walks), plus the stats dict if ``return_stats``.
     Raises:
         ValueError: k < 1.

@@ -151,7 +151,7 @@ def test_train_evaluate_explain_and_md_commands_work_with_nequip(tmp_path, capsy
     data = morse_dimers(tmp_path / "morse.extxyz", n_frames=12)
     out = tmp_path / "run"
     assert main(["train", "--data", str(data), "--model", "nequip", "--features", "8,4", "--cutoff", "3",
-                 "--interactions", "2", "--rbf", "6", "--epochs", "2", "--batch-size", "4", "--quiet",
+                 "--interactions", "1", "--rbf", "6", "--epochs", "2", "--batch-size", "4", "--quiet",
                  "--out", str(out)]) == 0
     loaded, _, _ = load_checkpoint(out / "model")
     assert (loaded.config.model, loaded.config.lmax, loaded.config.features_per_l) == ("nequip", 1, (8, 4))

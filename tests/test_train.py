@@ -107,7 +107,7 @@ def test_an_ensemble_member_equals_the_single_model_trained_from_the_same_seed(t
     from jaxrel.checkpoint import load_models
     from jaxrel.train import train_potential
 
-    common = dict(model="schnet", n_features=8, n_interactions=1, epochs=3, dtype="float64", progress=False)
+    common = dict(model="schnet", n_features=8, n_interactions=1, epochs=1, dtype="float64", progress=False)
     ensemble = train_potential(dimers, tmp_path / "ens", seeds=2, **common)
     single = train_potential(dimers, tmp_path / "one", **common)
     members = load_models(tmp_path / "ens")

@@ -7,7 +7,7 @@ PYTHON ?= $(shell for p in $$(ls -d $$(pyenv root 2>/dev/null)/versions/3.1[2-9]
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: venv quickstart test bench
+.PHONY: venv quickstart test docs notebooks bench
 
 venv: $(STAMP)
 
@@ -22,7 +22,14 @@ quickstart: venv
 	$(VENV)/bin/jaxrel quickstart --overwrite
 
 test: venv
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests
+
+docs: venv
+	$(VENV)/bin/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "API reference: docs/_build/html/index.html"
+
+notebooks: venv
+	$(VENV)/bin/python notebooks/execute.py
 
 bench: venv
 	$(VENV)/bin/python benchmarks/train_rmd17.py

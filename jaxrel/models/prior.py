@@ -11,10 +11,11 @@ pair (a, b)::
     φ_ab(r) = ε_ab (σ_ab / r)^12 · f_c(r)          f_c: the models' cosine cutoff at r_c
 
 fitted to the training frames (:func:`fit_repulsive_prior`): σ_ab is the closest approach
-of an a–b pair in the training data, and ε_ab = F_rms σ_ab / 12, so that the prior's force
-at the closest approach, 12 ε_ab / σ_ab, equals the RMS of the training forces. Inside the
-sampled range the prior is weak (at σ + 0.3 Å its force has fallen to about a third of F_rms
-for σ ≈ 3.3 Å), and below it the repulsion grows as r⁻¹³ (18 F_rms at 0.8 σ). Species pairs
+of an a–b pair in the training data, and ε_ab = F_rms σ_ab / 12, so that the force of the
+bare r⁻¹² term at the closest approach, 12 ε_ab / σ_ab, equals the RMS of the training forces.
+The cutoff factor scales this down: for CG methane (σ = 3.13 Å, r_c = 5 Å) the prior's force is
+0.38 F_rms at σ, 0.09 F_rms at σ + 0.3 Å and about 10 F_rms at 0.8 σ (notebook
+04_coarse_grained), so it is weak inside the sampled range and a steep wall below it. Species pairs
 never seen within the cutoff take the smallest σ of the pairs that were.
 
 The prior is exactly pairwise, so the many-body expansion puts all of it into the 2-body

@@ -18,7 +18,6 @@ Full mode writes each executed notebook back in place and the seconds per notebo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

@@ -22,8 +22,8 @@ import os
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import nbformat
 from nbclient import NotebookClient
@@ -41,20 +41,6 @@ def _set_small(nb) -> None:
             cell.source = cell.source.rstrip() + "\nSMALL = True  # set by notebooks/execute.py --small"
             return
     raise ValueError("the notebook has no code cell tagged 'parameters' that sets SMALL; add one")
-
-
-@contextmanager
-def _environment(**values: str):
-    before = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def execute_notebook(path: Path, *, small: bool, out_dir: Path, timeout: float = 1800.0):
@@ -78,8 +64,8 @@ def execute_notebook(path: Path, *, small: bool, out_dir: Path, timeout: float =
     start = time.perf_counter()
     # small mode is a smoke run, mostly XLA compilation: the kernel compiles with fewer optimisations
     fast_compile = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"} if small else {}
-    with _environment(JAXREL_NOTEBOOK_OUT=str(out_dir), MPLBACKEND="module://matplotlib_inline.backend_inline",
-                      **fast_compile):
+    with mock.patch.dict(os.environ, {"JAXREL_NOTEBOOK_OUT": str(out_dir),
+                                      "MPLBACKEND": "module://matplotlib_inline.backend_inline", **fast_compile}):
         client.execute()
     return nb, time.perf_counter() - start
 

@@ -20,6 +20,6 @@ def test_every_tutorial_is_found():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_small_mode(path, data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("JAXREL_DATA", str(data_dir))
-    nb, seconds = execute_notebook(path, small=True, out_dir=tmp_path, timeout=300)
+    nb, _ = execute_notebook(path, small=True, out_dir=tmp_path, timeout=300)
     figures = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert figures, f"{path.name} drew no figure in small mode"

@@ -240,7 +240,7 @@ def test_sets_missing_from_the_nbody_tables_have_zero_nbody_relevance(case):
 
 
 # 6. padding, chunking and jit: properties of the engine's bookkeeping, not of the depth,
-# so they are checked at T = 2 only (T = 3 cost 4 of the suite's 15 minutes)
+# so they are checked at T = 2 only (their T = 3 cases were among the suite's slowest tests)
 
 def only_at_depth_2(case: Case) -> None:
     if case.T != 2:

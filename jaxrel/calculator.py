@@ -34,6 +34,7 @@ class JaxrelCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
     def __init__(self, potential: Potential, params, **kwargs):
+        potential.check_energy_target("an ASE calculator")
         super().__init__(**kwargs)
         self.potential, self.params = potential, params
         self._energy_and_forces = jax.jit(potential.energy_and_forces)

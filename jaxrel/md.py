@@ -598,8 +598,10 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
             cutoff; bad masses or velocities; a float64 model without x64; a start that is
             already unstable (non-finite model output or temperature above the limit); a
             ``start`` that does not fit (replicas, arrays, velocities given), has done
-            ``n_steps`` already or has no stable replica.
+            ``n_steps`` already or has no stable replica; a model that does not predict energies
+            (a gap or dipole model).
     """
+    potential.check_energy_target("molecular dynamics")
     dtype = _model_dtype(potential)
     pos, species, cell, masses_amu, vel = _checked_inputs(potential, positions, species, cell,
                                                           masses, velocities)

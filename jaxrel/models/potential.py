@@ -36,6 +36,10 @@ from jaxrel.models.schnet import SchNet
 from jaxrel.nn import RuleSet, resolve_rules
 
 ARCHITECTURES = {"schnet": SchNet, "painn": PaiNN, "nequip": NequIP, "bodyordered": BodyOrdered}
+TARGETS = ("energy", "gap", "dipole")
+"""What a model predicts: the total energy (eV), the HOMO–LUMO gap (eV) or the dipole moment (e·Å)."""
+READOUTS = ("sum", "mean", "softmax")
+"""How atomwise outputs become one prediction (:class:`ModelConfig`)."""
 EQUIVARIANT = ("nequip",)  # architectures with irreps features (``lmax``, ``features_per_l``)
 
 
@@ -67,6 +71,15 @@ class ModelConfig:
             (default F_0 for every l); None for the other models.
         prior: a fixed pair term added to the network's energy, ``"repulsive"``
             (:mod:`jaxrel.models.prior`, for coarse-grained force matching), or None.
+        target: what the model predicts, one of :data:`TARGETS`: ``"energy"`` (eV; forces are
+            its negative gradient), ``"gap"`` (HOMO–LUMO gap, eV) or ``"dipole"`` (e·Å, from
+            latent atomic charges; :class:`EnergyModel`).
+        readout: how atomwise outputs e_i = scale · y_i + e_{Z_i} combine, one of
+            :data:`READOUTS`: ``"sum"`` Σ_i e_i (extensive), ``"mean"`` (1/N) Σ_i e_i
+            (intensive) or ``"softmax"`` Σ_i w_i e_i with w = softmax(y) over the atoms
+            (intensive, a smooth maximum). Esders et al. 2025 (arXiv:2410.13833) compare
+            such readouts for intensive and extensive properties. A dipole model has its own
+            readout (Σ_i q_i r_i) and takes ``"sum"``.
     """
 
     model: str
@@ -79,8 +92,22 @@ class ModelConfig:
     lmax: int | None = None
     features_per_l: tuple[int, ...] | None = None
     prior: str | None = None
+    target: str = "energy"
+    readout: str = "sum"
 
     def __post_init__(self):
+        if self.target not in TARGETS:
+            raise ValueError(f"target (--target) is {self.target!r}; use one of {', '.join(TARGETS)}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout (--readout) is {self.readout!r}; use one of {', '.join(READOUTS)}")
+        if self.target == "dipole" and self.readout != "sum":
+            raise ValueError(f"readout (--readout) is {self.readout!r} but a dipole model has its own readout "
+                             "(Σ_i q_i r_i of latent charges); leave --readout at sum")
+        if self.prior is not None and self.target != "energy":
+            raise ValueError(f"prior (--prior) {self.prior!r} is an energy term; a {self.target} model takes none")
+        if self.model == "bodyordered" and self.target != "energy":
+            raise ValueError(f"the body-ordered model predicts energies only, not {self.target}; use schnet, "
+                             "painn or nequip for --target " + self.target)
         if self.prior is not None and self.prior not in PRIORS:
             raise ValueError(f"prior (--prior) is {self.prior!r}; use one of {', '.join(PRIORS)} or none")
         if self.model not in ARCHITECTURES:
@@ -150,11 +177,25 @@ def species_lookup(species_list: tuple[int, ...], species: jax.Array) -> jax.Arr
 
 
 class EnergyModel(nnx.Module):
-    """The network plus fixed per-species shifts and energy scale.
+    """The network plus fixed per-species shifts, the output scale and the readout.
 
     A message-passing net (SchNet, PaiNN, NequIP) provides ``embed`` and ``layer_functions``; a net
     without layers (the body-ordered model) provides ``atomwise_output(graph,
     species_index)`` instead, and the layer methods raise ``ValueError``.
+
+    Every target is written as atomwise contributions c_i whose sum over the real atoms is the
+    prediction, so the relevance engine explains every target the same way. With network outputs
+    y_i, e_i = scale · y_i + e_{Z_i} and N real atoms:
+
+    * energy or gap, readout ``sum``: c_i = e_i; ``mean``: c_i = e_i / N; ``softmax``:
+      c_i = w_i e_i with w = softmax_i(y_i). Under a relevance rule (anything but
+      ``"identity"``) the weights w are frozen (stop-gradient), so relevance flows through
+      the e_i only, as gates are treated elsewhere (Schnake et al., arXiv:2006.03589).
+    * dipole: latent charges q_i = scale · y_i − (1/N) Σ_j scale · y_j, so Σ_i q_i = 0 (a
+      neutral molecule) exactly; μ = Σ_i q_i (r_i − r̄) with r̄ the centroid of the atoms
+      (origin-free because Σ q_i = 0; Schütt et al. 2018, arXiv:1806.10349, and the charge
+      models of PhysNet, Unke & Meuwly 2019, arXiv:1902.08408). The scalar the engine explains
+      is |μ| = Σ_i c_i with c_i = μ̂ · q_i (r_i − r̄), μ̂ = μ/|μ| frozen (this leaves ∂|μ| unchanged).
     """
 
     def __init__(self, config: ModelConfig, species_energies: dict[int, float] | None,
@@ -169,6 +210,7 @@ class EnergyModel(nnx.Module):
         self.shifts = SpeciesShift(jnp.asarray(shifts, dtype))
         self.scale = SpeciesShift(jnp.asarray(energy_scale, dtype))
         self.has_prior = config.prior is not None
+        self.target, self.readout = config.target, config.readout
         if self.has_prior:
             n = len(config.species)
             sigma, epsilon = prior if prior is not None else (np.ones((n, n)), np.zeros((n, n)))
@@ -179,13 +221,39 @@ class EnergyModel(nnx.Module):
         if not has_layers(self.net):
             raise ValueError(NO_LAYERS)
 
-    def _energy(self, graph: Graph, y: jax.Array) -> jax.Array:
-        """E_i = scale · y_i + e_{Z_i} (+ ½ Σ_j φ(r_ij) with a prior) (eV), 0 for padded atoms."""
+    def _energy(self, graph: Graph, y: jax.Array, rules: RuleSet) -> jax.Array:
+        """Atomwise contributions c_i (class docstring; with a prior + ½ Σ_j φ(r_ij)), 0 for padded
+        atoms: eV for energy and gap, e·Å for the dipole's |μ|."""
+        if self.target == "dipole":
+            return self._dipole_contributions(graph, y)
         idx = species_lookup(self.species, graph.species)
         energy = self.scale[...] * y + self.shifts[...][idx]
         if self.has_prior:
             energy = energy + self.prior_atomwise(graph)
+        if self.readout == "mean":
+            energy = energy / jnp.maximum(graph.node_mask.sum(), 1)
+        elif self.readout == "softmax":
+            weights = jax.nn.softmax(jnp.where(graph.node_mask, y, -jnp.inf))
+            energy = energy * (weights if rules.name == "identity" else jax.lax.stop_gradient(weights))
         return jnp.where(graph.node_mask, energy, 0.0)
+
+    def latent_charges(self, graph: Graph, y: jax.Array) -> jax.Array:
+        """q_i = scale · y_i − mean_j(scale · y_j) over real atoms (e); Σ q_i = 0; 0 for padded atoms."""
+        q = jnp.where(graph.node_mask, self.scale[...] * y, 0.0)
+        q = q - q.sum() / jnp.maximum(graph.node_mask.sum(), 1)
+        return jnp.where(graph.node_mask, q, 0.0)
+
+    def dipole(self, graph: Graph, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(μ (3,) e·Å, q_i (r_i − r̄) (n_atoms, 3)) of one frame from network outputs y."""
+        mask = graph.node_mask[:, None]
+        centre = jnp.sum(jnp.where(mask, graph.positions, 0.0), 0) / jnp.maximum(graph.node_mask.sum(), 1)
+        moments = jnp.where(mask, self.latent_charges(graph, y)[:, None] * (graph.positions - centre), 0.0)
+        return moments.sum(0), moments
+
+    def _dipole_contributions(self, graph: Graph, y: jax.Array) -> jax.Array:
+        mu, moments = self.dipole(graph, y)
+        norm = jnp.sqrt(jnp.sum(mu * mu) + jnp.finfo(mu.dtype).tiny)
+        return moments @ jax.lax.stop_gradient(mu / norm)
 
     def prior_atomwise(self, graph: Graph) -> jax.Array:
         """½ Σ_j φ(r_ij) of each atom of one frame (n_atoms,) eV: the prior split evenly over each pair."""
@@ -211,20 +279,28 @@ class EnergyModel(nnx.Module):
         """``(layers, energy_readout)``: per-layer maps and h⁽ᵀ⁾ ↦ atomwise energies (eV)."""
         self._check_layers()
         layers, readout = self.net.layer_functions(graph, rules)
-        return layers, lambda h: self._energy(graph, readout(h))
+        return layers, lambda h: self._energy(graph, readout(h), rules)
 
-    def atomwise_energy_from_embedding(self, h0, graph: Graph, rules: RuleSet) -> jax.Array:
-        layers, energy_readout = self.layer_functions(graph, rules)
+    def _output_from_embedding(self, h0, graph: Graph, rules: RuleSet) -> jax.Array:
+        self._check_layers()
+        layers, readout = self.net.layer_functions(graph, rules)
         h = h0
         for layer in layers:
             h = layer(h)
-        return energy_readout(h)
+        return readout(h)
+
+    def network_output(self, graph: Graph, rules: RuleSet) -> jax.Array:
+        """The network's per-atom outputs y_i (n_atoms,), before scale, shifts and readout."""
+        if has_layers(self.net):
+            return self._output_from_embedding(self.embed(graph), graph, rules)
+        return self.net.atomwise_output(graph, species_lookup(self.species, graph.species))
+
+    def atomwise_energy_from_embedding(self, h0, graph: Graph, rules: RuleSet) -> jax.Array:
+        return self._energy(graph, self._output_from_embedding(h0, graph, rules), rules)
 
     def atomwise_energy(self, graph: Graph, rules: RuleSet) -> jax.Array:
-        """Atomwise energies (eV) of one frame for every architecture (``rules`` only act on layers)."""
-        if has_layers(self.net):
-            return self.atomwise_energy_from_embedding(self.embed(graph), graph, rules)
-        return self._energy(graph, self.net.atomwise_output(graph, species_lookup(self.species, graph.species)))
+        """Atomwise contributions (eV for energies) of one frame for every architecture (``rules`` only act on layers)."""
+        return self._energy(graph, self.network_output(graph, rules), rules)
 
 
 def _per_frame(fn):
@@ -347,6 +423,44 @@ class Potential:
         shifts = np.asarray(self.module(params).shifts[...], np.float64)
         return {z: float(e) for z, e in zip(self.config.species, shifts)}
 
+    def shift_total(self, params, species) -> float:
+        """The part of a prediction that no input feature carries, eV: Σ_i e_{Z_i} for the sum
+        readout, and for ``mean``/``softmax`` the one shift b that every species shares
+        (:meth:`create`), since Σ_i w_i b = b; 0 for a dipole model.
+
+        Args:
+            species: (N,) atomic numbers of the real atoms of a frame.
+        """
+        shifts = self.species_shifts(params)
+        values = [shifts[int(z)] for z in np.asarray(species).reshape(-1)]
+        if self.config.target == "dipole" or not values:
+            return 0.0
+        return float(sum(values)) if self.config.readout == "sum" else float(values[0])
+
+    @_per_frame
+    def predict(self, params, graph: Graph) -> jax.Array:
+        """The model's prediction: energy or gap (eV), () per frame; the dipole μ (e·Å), (3,) per frame.
+
+        A batched graph gives a leading frame axis.
+        """
+        module = self.module(params)
+        if self.config.target == "dipole":
+            return module.dipole(graph, module.network_output(graph, resolve_rules("identity")))[0]
+        return self.energy(params, graph)
+
+    @_per_frame
+    def latent_charges(self, params, graph: Graph) -> jax.Array:
+        """Latent atomic charges q_i (e) of a dipole model, (n_atoms,) or (n_frames, n_atoms); Σ_i q_i = 0
+        exactly and 0 for padded atoms (:class:`EnergyModel`; Schütt et al. 2018, arXiv:1806.10349).
+
+        Raises:
+            ValueError: a model whose target is not ``"dipole"``.
+        """
+        if self.config.target != "dipole":
+            raise ValueError(f"latent charges belong to dipole models; this model predicts {self.config.target}")
+        module = self.module(params)
+        return module.latent_charges(graph, module.network_output(graph, resolve_rules("identity")))
+
     @_per_frame
     def energy_and_forces(self, params, graph: Graph) -> tuple[jax.Array, jax.Array]:
         """Energy (eV) and forces F = −∂E/∂positions (eV/Å, (…, n_atoms, 3); 0 for padding)."""
@@ -385,6 +499,13 @@ class Potential:
             if z not in known:
                 raise ValueError(f"atom {a} has species {z}, which the model was not trained on "
                                  f"(known: {', '.join(map(str, self.config.species))})")
+
+    def check_energy_target(self, purpose: str) -> None:
+        """Raise ``ValueError`` when the model does not predict energies (a gap or dipole model has no
+        forces to drive ``purpose``, e.g. molecular dynamics)."""
+        if self.config.target != "energy":
+            raise ValueError(f"{purpose} needs a model of the energy, but this model predicts the "
+                             f"{self.config.target}; use a model trained with --target energy")
 
     def check_graph(self, graph: Graph) -> None:
         """Host-side checks of a graph built elsewhere; ``ValueError`` with the fix in one sentence.

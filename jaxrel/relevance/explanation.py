@@ -330,8 +330,7 @@ def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | s
                                    frame=int(index[k]))
                for k in tqdm(range(n_frames), desc="n-body decomposition", unit="frame", disable=not progress)]
     atomwise = np.asarray(_atomwise_energy(potential, params, graph), np.float64)[:, :len(species)]
-    shifts = potential.species_shifts(params)
-    shift_total = float(sum(shifts[int(z)] for z in species))
+    shift_total = potential.shift_total(params, species)
     tables = with_prior(potential, params, {n: Table.concatenate([r.orders[n] for r in results])
                                             for n in range(1, max_order + 1)}, add=True)
     prior = np.asarray(_prior_energy(potential, params, graph), np.float64)

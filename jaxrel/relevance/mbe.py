@@ -247,8 +247,7 @@ def many_body_expansion(potential, params, frames, *, max_order: int = 3, forces
                for k in tqdm(range(n_frames), desc="many-body expansion", unit="frame", disable=not progress)]
     atomwise, model_forces = (np.asarray(a, np.float64)[:, :len(species)]
                               for a in _atomwise_energy_and_forces(potential, params, graph))
-    shifts = potential.species_shifts(params)
-    shift_total = float(sum(shifts[int(z)] for z in species))
+    shift_total = potential.shift_total(params, species)
     energy = atomwise.sum(axis=1)
     tables = with_prior(potential, params, {n: Table.concatenate([r.orders[n] for r in results])
                                             for n in range(1, max_order + 1)}, add=False)

@@ -1,0 +1,136 @@
+"""Property models: gap readouts (sum, mean, softmax) and the dipole model with latent charges."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrel.graph import build_graphs, pad_graph
+from jaxrel.models import ModelConfig, Potential
+from jaxrel.nn import resolve_rules
+from jaxrel.relevance import enumerate_walks, walk_relevance
+from tests.helpers import random_rotation
+
+jax.config.update("jax_enable_x64", True)
+
+# a bent H2O-like and an NH3-like molecule (Å)
+WATER = (np.array([8, 1, 1]), np.array([[0.0, 0.0, 0.1], [0.76, 0.0, -0.5], [-0.76, 0.1, -0.45]]))
+AMMONIA = (np.array([7, 1, 1, 1]), np.array([[0.0, 0.0, 0.1], [0.94, 0.0, -0.28], [-0.47, 0.81, -0.3],
+                                              [-0.45, -0.83, -0.25]]))
+
+
+def model(target, readout="sum", arch="schnet", shifts=None):
+    config = ModelConfig(arch, (1, 7, 8), cutoff=3.0, n_features=8, n_interactions=2, n_rbf=6, dtype="float64",
+                         target=target, readout=readout)
+    return Potential.create(config, shifts, energy_scale=0.7, seed=3)
+
+
+def graph_of(molecule, n_atoms=None, n_edges=None):
+    species, positions = molecule
+    graph = build_graphs(positions, species, 3.0).frame(0)
+    return graph if n_atoms is None else pad_graph(graph, n_atoms, n_edges)
+
+
+@pytest.mark.parametrize("arch", ["schnet", "painn"])
+def test_latent_charges_sum_to_zero_exactly_and_padding_changes_nothing(arch):
+    potential, params = model("dipole", arch=arch)
+    graph = graph_of(AMMONIA)
+    q = potential.latent_charges(params, graph)
+    assert abs(float(q.sum())) < 1e-15
+    assert np.abs(q).max() > 1e-4                                   # not trivially zero
+    padded = graph_of(AMMONIA, 7, graph.n_edges + 5)
+    np.testing.assert_allclose(potential.latent_charges(params, padded)[:4], q, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(potential.latent_charges(params, padded)[4:], 0.0)
+    np.testing.assert_allclose(potential.predict(params, padded), potential.predict(params, graph), atol=1e-14)
+
+
+@pytest.mark.parametrize("arch", ["schnet", "painn"])
+def test_dipole_is_equivariant_and_translation_invariant(arch):
+    potential, params = model("dipole", arch=arch)
+    species, positions = AMMONIA
+    mu = np.asarray(potential.predict(params, graph_of(AMMONIA)))
+    rotation = random_rotation(5)
+    moved = (species, positions @ rotation.T + np.array([1.0, -2.0, 0.5]))
+    np.testing.assert_allclose(potential.predict(params, graph_of(moved)), rotation @ mu, rtol=1e-10, atol=1e-12)
+
+
+def test_dipole_is_the_sum_of_charges_times_positions():
+    potential, params = model("dipole")
+    graph = graph_of(WATER)
+    q = np.asarray(potential.latent_charges(params, graph))
+    expected = (q[:, None] * WATER[1]).sum(0)                      # origin-free since Σ q = 0
+    np.testing.assert_allclose(potential.predict(params, graph), expected, rtol=1e-12)
+    # the scalar the relevance engine explains is |μ|
+    np.testing.assert_allclose(potential.energy(params, graph), np.linalg.norm(expected), rtol=1e-12)
+
+
+@pytest.mark.parametrize("readout", ["sum", "mean", "softmax"])
+def test_gap_readouts_combine_the_atomwise_outputs(readout):
+    shifts = {1: 0.3, 7: 0.3, 8: 0.3} if readout != "sum" else {1: 0.1, 7: 0.2, 8: 0.4}
+    potential, params = model("gap", readout, shifts=shifts)
+    energy_model, _ = Potential.create(ModelConfig("schnet", (1, 7, 8), cutoff=3.0, n_features=8, n_interactions=2,
+                                                   n_rbf=6, dtype="float64"), shifts, 0.7, seed=3)
+    graph = graph_of(WATER)
+    e = np.asarray(energy_model.atomwise_energy(params, graph))     # same params: e_i = scale y_i + e_Z
+    y = (e - np.array([shifts[z] for z in WATER[0]])) / 0.7
+    w = {"sum": np.ones(3), "mean": np.full(3, 1 / 3), "softmax": np.exp(y) / np.exp(y).sum()}[readout]
+    np.testing.assert_allclose(potential.predict(params, graph), (w * e).sum(), rtol=1e-12)
+    padded = graph_of(WATER, 6, graph.n_edges + 4)
+    np.testing.assert_allclose(potential.predict(params, padded), (w * e).sum(), rtol=1e-12)
+    assert potential.shift_total(params, WATER[0]) == pytest.approx(0.6 if readout == "sum" else 0.3)   # O + 2 H
+
+
+def test_softmax_weights_are_frozen_for_relevance_but_not_for_training():
+    potential, params = model("gap", "softmax", shifts={1: 0.3, 7: 0.3, 8: 0.3})
+    graph = graph_of(AMMONIA)
+    h0 = potential.embedding(params, graph)
+    values = {r: potential.atomwise_energy_from_embedding(params, h0, graph, r) for r in ("identity", "gi")}
+    np.testing.assert_allclose(values["gi"], values["identity"], rtol=1e-13)      # forward value unchanged
+    grads = {r: jax.grad(lambda h: potential.atomwise_energy_from_embedding(params, h, graph, r).sum())(h0)
+             for r in ("identity", "gi")}
+    assert not np.allclose(grads["identity"], grads["gi"])
+    # under GI the weights are constants: the gradient is that of Σ_i w_i e_i with w held fixed
+    logits = potential.module(params).network_output(graph, resolve_rules("identity"))
+    w = jax.nn.softmax(logits)
+    sum_model, _ = model("gap", "sum", shifts={1: 0.3, 7: 0.3, 8: 0.3})   # same params, sum readout
+    frozen = jax.grad(lambda h: jnp.sum(w * sum_model.atomwise_energy_from_embedding(params, h, graph, "gi")))(h0)
+    np.testing.assert_allclose(grads["gi"], frozen, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("target,readout", [("gap", "mean"), ("gap", "softmax"), ("dipole", "sum")])
+def test_walk_relevances_of_a_property_model_sum_to_gradient_times_input(target, readout):
+    potential, params = model(target, readout, shifts={1: 0.3, 7: 0.3, 8: 0.3} if target == "gap" else None)
+    graph = graph_of(WATER)
+    walks = enumerate_walks(graph, potential.config.n_interactions)
+    relevance = walk_relevance(potential, params, graph, walks, "gi")
+    h0 = potential.embedding(params, graph)
+    grad = jax.grad(lambda h: potential.atomwise_energy_from_embedding(params, h, graph, "gi").sum())(h0)
+    np.testing.assert_allclose(relevance.sum(), float(jnp.sum(grad * h0)), rtol=1e-10)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(target="dipole", readout="mean"), "dipole model has its own readout"),
+    (dict(target="charge"), "target \\(--target\\) is 'charge'"),
+    (dict(readout="max"), "readout \\(--readout\\) is 'max'"),
+    (dict(target="gap", prior="repulsive"), "takes none"),
+])
+def test_bad_property_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig("schnet", (1, 8), **kwargs)
+
+
+def test_latent_charges_of_an_energy_model_are_refused():
+    potential, params = model("energy")
+    with pytest.raises(ValueError, match="latent charges belong to dipole models"):
+        potential.latent_charges(params, graph_of(WATER))
+
+
+def test_md_and_the_calculator_refuse_a_gap_model():
+    from jaxrel.calculator import JaxrelCalculator
+    from jaxrel.md import simulate
+
+    potential, params = model("gap", "mean", shifts={1: 0.3, 7: 0.3, 8: 0.3})
+    with pytest.raises(ValueError, match="molecular dynamics needs a model of the energy"):
+        simulate(potential, params, WATER[1], WATER[0])
+    with pytest.raises(ValueError, match="an ASE calculator needs a model of the energy"):
+        JaxrelCalculator(potential, params)

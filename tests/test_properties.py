@@ -134,3 +134,29 @@ def test_md_and_the_calculator_refuse_a_gap_model():
         simulate(potential, params, WATER[1], WATER[0])
     with pytest.raises(ValueError, match="an ASE calculator needs a model of the energy"):
         JaxrelCalculator(potential, params)
+
+
+def test_relevance_locality_counts_the_atoms_that_carry_the_share():
+    from jaxrel.analysis import relevance_locality
+
+    assert relevance_locality(np.ones(10)) == 9                    # 9 of 10 equal atoms hold 90 %
+    assert relevance_locality([5.0, -4.0, 0.5, 0.5]) == 2          # signs do not cancel: |R_i|
+    assert relevance_locality([9.0, 1.0]) == 1                     # exactly 90 % counts
+    assert relevance_locality(np.ones(10), fraction=1.0) == 10
+    with pytest.raises(ValueError, match="not all 0"):
+        relevance_locality(np.zeros(3))
+    with pytest.raises(ValueError, match="fraction is 0"):
+        relevance_locality(np.ones(3), fraction=0)
+
+
+def test_per_species_agreement_compares_each_element_apart():
+    from jaxrel.analysis import per_species_agreement
+
+    species = np.array([1, 1, 1, 8, 8, 8, 6])
+    reference = np.array([0.1, 0.2, 0.3, -0.5, -0.6, -0.7, 0.0])
+    predicted = np.array([0.2, 0.4, 0.6, -0.7, -0.6, -0.5, 0.1])   # H: r = +1 (slope 2); O: r = −1
+    result = per_species_agreement(predicted, reference, species)
+    assert set(result) == {1, 8}                                   # one carbon: no correlation
+    assert result[1].pearson_r == pytest.approx(1.0) and result[1].slope == pytest.approx(2.0)
+    assert result[8].pearson_r == pytest.approx(-1.0)
+    assert result[1].mae == pytest.approx(0.2)

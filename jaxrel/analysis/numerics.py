@@ -413,6 +413,53 @@ def atomwise_relevance(tables: dict[int, Table], n_atoms: int, frame: int) -> np
     return energy
 
 
+def relevance_locality(atomwise: np.ndarray, fraction: float = 0.9) -> int:
+    """How many atoms carry ``fraction`` of a prediction's relevance: the smallest k such that the
+    k atoms of largest |R_i| hold at least ``fraction`` of Σ_i |R_i|.
+
+    A locality measure for comparing how intensive and extensive predictions are built (Esders et
+    al. 2025, arXiv:2410.13833): an extensive energy spreads over every atom, an intensive
+    property may rest on a few.
+
+    Args:
+        atomwise: (n_atoms,) per-atom relevance of one frame (any unit), e.g.
+            :func:`atomwise_relevance`; real atoms only.
+        fraction: in (0, 1].
+    Returns:
+        k, 1 ≤ k ≤ n_atoms.
+    Raises:
+        ValueError: fraction outside (0, 1], no atoms, non-finite values, or all relevance 0.
+    """
+    r = np.abs(np.asarray(atomwise, np.float64).reshape(-1))
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction is {fraction}; give a share in (0, 1], e.g. 0.9")
+    if r.size == 0 or not np.isfinite(r).all() or r.sum() == 0:
+        raise ValueError("relevance_locality needs finite per-atom relevances that are not all 0")
+    share = np.cumsum(np.sort(r)[::-1]) / r.sum()
+    return int(min(np.searchsorted(share, fraction * (1 - 1e-12)) + 1, r.size))
+
+
+def per_species_agreement(predicted: np.ndarray, reference: np.ndarray, species: np.ndarray
+                          ) -> dict[int, Agreement]:
+    """:func:`atomwise_comparison` of per-atom values for each species apart, e.g. latent charges
+    against xTB partial charges (Schütt et al. 2018, arXiv:1806.10349).
+
+    Args:
+        predicted, reference: (n,) per-atom values (e.g. e); species: (n,) atomic numbers.
+    Returns:
+        ``{Z: Agreement}`` for every species with at least two atoms and a non-constant
+        reference and prediction (others are left out).
+    """
+    predicted, reference, species = (np.asarray(a).reshape(-1) for a in (predicted, reference, species))
+    out = {}
+    for z in np.unique(species):
+        keep = species == z
+        p, q = predicted[keep], reference[keep]
+        if keep.sum() >= 2 and np.ptp(p) > 0 and np.ptp(q) > 0:
+            out[int(z)] = atomwise_comparison(p, q)
+    return out
+
+
 def species_label(key: tuple[int, ...], names: dict[int, str] | None = None) -> str:
     """"Ar–Kr" for (18, 36): ``names[Z]`` if given, the element symbol for 1 ≤ Z ≤ 118,
     else "bead Z" (coarse-grained ids)."""

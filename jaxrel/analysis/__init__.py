@@ -5,6 +5,8 @@ Layers, each importing only the ones above it:
 * :mod:`~jaxrel.analysis.numerics`: numpy functions over :class:`~jaxrel.relevance.Table`\\ s
   and :class:`~jaxrel.relevance.Explanation`\\ s returning small typed results (no plotting);
 * :mod:`~jaxrel.analysis.plots`: every figure (matplotlib, PNG), shared by all writers;
+* :mod:`~jaxrel.analysis.embeddings`: a model's learned element embeddings, projected (PCA),
+  scored against the periodic table and plotted;
 * :mod:`~jaxrel.analysis.write` and :mod:`~jaxrel.analysis.recovery`: run analyses, write
   CSV/JSON/PNG and return the results in memory;
 * :mod:`~jaxrel.analysis.faithfulness`: the audit (MBE beside GNN-LRP and the exact terms);
@@ -13,8 +15,11 @@ Layers, each importing only the ones above it:
 
 from jaxrel.analysis.numerics import (Agreement, BinnedCurve, Share, Shares, Strength, atomwise_comparison,
                                       atomwise_relevance, body_order_shares, interaction_strength,
-                                      pair_relevance_curve, rdf_label, species_label, triplet_angle_profile,
-                                      triplet_distance_profile)
+                                      pair_relevance_curve, per_species_agreement, rdf_label, relevance_locality,
+                                      species_label, triplet_angle_profile, triplet_distance_profile)
+from jaxrel.analysis.embeddings import (EmbeddingPCA, EmbeddingSeeds, SeedSpread, element_embeddings,
+                                        embedding_pca, embedding_pca_seeds, group_and_period,
+                                        plot_element_embeddings)
 from jaxrel.analysis.faithfulness import (Audit, PhysicsScore, compare_decompositions, run_audit,
                                           run_ensemble_audit, write_audit)
 from jaxrel.analysis.plots import (plot_atomwise, plot_body_order_shares, plot_decay, plot_force_components,
@@ -24,11 +29,13 @@ from jaxrel.analysis.recovery import Recovery, TermRecovery, compare_with_ground
 from jaxrel.analysis.report import build_report
 from jaxrel.analysis.write import Written, write_analysis
 
-__all__ = ["Audit", "PhysicsScore", "compare_decompositions", "run_audit", "run_ensemble_audit", "write_audit",
+__all__ = ["EmbeddingPCA", "EmbeddingSeeds", "SeedSpread", "element_embeddings", "embedding_pca",
+           "embedding_pca_seeds", "group_and_period", "plot_element_embeddings",
+           "Audit", "PhysicsScore", "compare_decompositions", "run_audit", "run_ensemble_audit", "write_audit",
            "plot_force_components", "plot_method_totals", "plot_pair_curves_by_method", "plot_terms_against",
            "Agreement", "BinnedCurve", "Recovery", "Share", "Shares", "Strength", "TermRecovery", "Written",
            "atomwise_comparison", "atomwise_relevance", "body_order_shares", "build_report",
            "compare_with_ground_truth", "interaction_strength", "is_ground_truth", "pair_relevance_curve",
            "plot_atomwise", "plot_body_order_shares", "plot_decay", "plot_pair_curves", "plot_triplet_profiles",
-           "rdf_label", "species_label", "triplet_angle_profile", "triplet_distance_profile", "write_analysis",
+           "per_species_agreement", "rdf_label", "relevance_locality", "species_label", "triplet_angle_profile", "triplet_distance_profile", "write_analysis",
            "write_recovery"]

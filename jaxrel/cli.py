@@ -29,7 +29,8 @@ def _train(args) -> dict:
                            learning_rate=args.lr, energy_weight=args.energy_weight,
                            forces_weight=args.forces_weight, species_energies=args.species_energies,
                            n_train=args.train, n_validation=args.validation, seed=args.seed, seeds=args.seeds,
-                           prior=None if args.prior == "none" else args.prior, overwrite=args.overwrite,
+                           prior=None if args.prior == "none" else args.prior, target=args.target,
+                           readout=args.readout, overwrite=args.overwrite,
                            progress=not args.quiet)
     training = metrics["training"]
     if training["interrupted"]:
@@ -145,6 +146,23 @@ def _generate(args) -> dict:
             "seconds": round(time.perf_counter() - start, 2)}
 
 
+def _generate_xtb(args) -> dict:
+    from jaxrel.data.xtb import generate_xtb, save_xtb
+    from jaxrel.files import prepare_output_file
+
+    prepare_output_file(args.out, overwrite=args.overwrite, suffix=".npz")
+    start = time.perf_counter()
+    molecules = args.molecules if args.molecules == "g2" else [m.strip() for m in args.molecules.split(",")]
+    data = generate_xtb(molecules, frames_per_molecule=args.frames_per_molecule, temperature=args.temperature,
+                        seed=args.seed, progress=not args.quiet)
+    save_xtb(data, args.out)
+    return {"out": str(args.out), "n_frames": int(len(data.energies)),
+            "n_molecules": int(len(np.unique(data.molecules))), "elements": list(data.elements),
+            "n_skipped": data.n_skipped, "n_scf_failures": data.n_scf_failures,
+            "seconds": round(time.perf_counter() - start, 2),
+            "size_MB": round(Path(args.out).stat().st_size / 1e6, 2)}
+
+
 def _report(args) -> dict:
     from jaxrel.analysis import build_report
     from jaxrel.analysis.report import FILES
@@ -212,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--species-energies", choices=["fit", "zero"], default="fit",
                    help="per-species energy shifts: least-squares fit to the training energies "
                         "(default) or zero (isolated atoms at energy 0, e.g. noble-gas ground truth)")
+    p.add_argument("--target", choices=["energy", "gap", "dipole"], default="energy",
+                   help="what the model predicts: the energy (eV; with forces, default), the HOMO–LUMO gap "
+                        "(eV) or the dipole moment (e·Å, from latent atomic charges); gap and dipole need "
+                        "labels such as those of 'jaxrel generate xtb'")
+    p.add_argument("--readout", choices=["sum", "mean", "softmax"], default="sum",
+                   help="how atomwise outputs combine: sum (extensive, default), mean or softmax-weighted "
+                        "(intensive); a dipole model keeps sum (Σ q_i r_i)")
     p.add_argument("--prior", choices=["none", "repulsive"], default="none",
                    help="fixed pair term added to the network: 'repulsive' = ε (σ/r)^12 with σ the closest "
                         "approach of each species pair in the training data and ε = F_rms σ / 12, the "
@@ -280,6 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="output .npz")
     g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     g.set_defaults(func=_generate)
+    g = gsub.add_parser("xtb", help="G2 molecules (H to Cl), thermally rattled, labelled with GFN2-xTB (tblite): "
+                                    "energies eV, forces eV/Å, HOMO–LUMO gaps eV, charges e, dipoles e·Å")
+    g.add_argument("--molecules", default="g2",
+                   help="'g2' (default: the 119 closed-shell G2 molecules) or comma-separated G2 names, "
+                        "e.g. H2O,CH4,NH3")
+    g.add_argument("--frames-per-molecule", type=int, default=20, help="default 20")
+    g.add_argument("--temperature", type=float, default=300.0,
+                   help="K: Gaussian displacements of σ = sqrt(k_B T / k), k = 30 eV/Å² (default 300)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--out", required=True, help="output .npz (read it with jaxrel.data.read_molecules)")
+    g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    g.set_defaults(func=_generate_xtb)
 
     p = sub.add_parser("report", help="HTML report with figures of a 'jaxrel explain' folder")
     p.add_argument("--explained", required=True, help="folder written by 'jaxrel explain'")
@@ -333,6 +371,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out (interrupted, or finished and given a longer --time) from "
                         "its last block; every other option must be the run's")
     p.set_defaults(func=_md)
+
+    p = sub.add_parser("chempot", help="local chemical potential (Schütt et al. 2018): the atomwise energy of a "
+                                       "probe atom on a grid around a molecule, minus the isolated probe's")
+    p.add_argument("--model", required=True, help="model folder written by train (OUT/model)")
+    p.add_argument("--data", required=True, help="frames of a molecule in free space (no periodic cell)")
+    p.add_argument("--frame", type=int, default=0, help="the frame to probe (default 0)")
+    p.add_argument("--probe", required=True, help="probe species: element symbol or atomic number (e.g. H or 1); "
+                                                  "one the model was trained on")
+    p.add_argument("--spacing", type=float, default=0.25, help="grid step, Å (default 0.25)")
+    p.add_argument("--padding", type=float, default=3.0,
+                   help="margin around the molecule's bounding box, Å (default 3)")
+    p.add_argument("--out", required=True, help="folder for chempot_<probe>.cube (values in eV), "
+                                                "chempot_<probe>_slice.png, chempot_<probe>_iso.png and chempot.json")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.set_defaults(func=_chempot)
     return parser
 
 
@@ -345,6 +398,31 @@ def _md(args) -> dict:
                   max_temperature_K=args.max_temperature,
                   masses=None if args.mass is None else parse_masses(args.mass),
                   overwrite=args.overwrite, restart=args.restart, progress=not args.quiet)
+
+
+def _chempot(args) -> dict:
+    from jaxrel.analysis.chempot import FILES, check_inputs, local_chemical_potential, write_chemical_potential
+    from jaxrel.checkpoint import load_checkpoint
+    from jaxrel.data import read_frames
+    from jaxrel.files import prepare_output
+
+    potential, params, _ = load_checkpoint(args.model)
+    frames = read_frames(args.data)
+    if not 0 <= args.frame < len(frames):
+        raise ValueError(f"--frame {args.frame} is not a frame of the {len(frames)} in {args.data}; "
+                         f"use 0..{len(frames) - 1}")
+    positions = frames.positions[args.frame]
+    cell = frames.cell if frames.cell is None or frames.cell.ndim == 2 else frames.cell[args.frame]
+    options = {"spacing": args.spacing, "padding": args.padding, "cell": cell}
+    check_inputs(potential, positions, frames.species, args.probe, **options)
+    out = prepare_output(args.out, FILES, overwrite=args.overwrite)
+    result = local_chemical_potential(potential, params, positions, frames.species, args.probe, **options)
+    paths = write_chemical_potential(result, out, {"model": str(args.model), "data": str(args.data),
+                                                   "frame": args.frame, "padding_A": args.padding})
+    summary = result.summary()
+    return {"out": str(out), "probe": summary["probe_symbol"], "grid_shape": summary["grid_shape"],
+            "seconds": round(result.seconds, 2), "min_phi_eV": summary["min"]["phi_eV"],
+            "max_phi_eV": summary["max"]["phi_eV"], "files": [p.name for p in paths.values()]}
 
 
 def _float64(args) -> bool:

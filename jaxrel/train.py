@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from jaxrel.checkpoint import checkpoint_digest, save_checkpoint, save_ensemble
 from jaxrel.files import prepare_output, write_json
-from jaxrel.graph import Graph, build_graphs
+from jaxrel.graph import Graph, build_graphs, pad_graph
 from jaxrel.models import ModelConfig, Potential
 from jaxrel.models.potential import SpeciesShift
 from jaxrel.models.prior import fit_repulsive_prior
@@ -42,10 +42,18 @@ class Targets(NamedTuple):
 
     energies: (n_frames,) eV, or None (force matching).
     forces: (n_frames, n_atoms, 3) eV/Å (zero rows for padded atoms), or None.
+    properties: the label of a gap model, (n_frames,) eV, or of a dipole model, (n_frames, 3) e·Å;
+    None for energy models.
     """
 
     energies: jax.Array | None
     forces: jax.Array | None
+    properties: jax.Array | None = None
+
+
+PROPERTY_LABELS = {"gap": ("gaps", "eV", 1.0), "dipole": ("dipoles", "D", 1.0 / 0.2081943)}
+"""target → (the :class:`~jaxrel.data.Frames` field holding its label, the unit errors are reported
+in, the factor from the label's unit (eV; e·Å) to it: 1 e·Å = 4.80321 D, from 1 D = 0.2081943 e·Å)."""
 
 
 @dataclass(frozen=True)
@@ -108,11 +116,19 @@ class TrainConfig:
 
 def _batch(graph: Graph, targets: Targets, idx: jax.Array) -> tuple[Graph, Targets]:
     take = lambda x: None if x is None else jnp.take(x, idx, axis=0)  # noqa: E731
-    return jax.tree.map(take, graph), Targets(take(targets.energies), take(targets.forces))
+    return jax.tree.map(take, graph), Targets(*(take(t) for t in targets))
 
 
 def _losses(potential: Potential, params, graph: Graph, targets: Targets, weight: jax.Array):
-    """Weighted per-frame squared errors: (energy term, forces term), each a scalar mean."""
+    """Weighted per-frame squared errors: (energy term, forces term), each a scalar mean.
+
+    A gap or dipole model has one term, the property's squared error per frame (summed over the
+    dipole's components; intensive, so not divided by the atom count), returned as the first.
+    """
+    if potential.config.target != "energy":
+        error = (potential.predict(params, graph) - targets.properties) ** 2
+        error = error.reshape(error.shape[0], -1).sum(-1)
+        return jnp.sum(weight * error) / jnp.maximum(weight.sum(), 1.0), jnp.zeros((), error.dtype)
     energy, forces = potential.energy_and_forces(params, graph)
     n_real = graph.node_mask.sum(-1)
     total = jnp.maximum(weight.sum(), 1.0)
@@ -151,8 +167,13 @@ def evaluate(potential: Potential, params, graph: Graph, targets: Targets,
         "forces_rmse_meV_per_A", "forces_reference_rms_meV_per_A", "n_frames"}``; energy
         entries are None without reference energies (per-frame total energies, meV);
         forces per Cartesian component; the reference RMS sets the scale of the force errors.
+        A gap model gives ``{"gap_mae_eV", "gap_rmse_eV", "gap_reference_std_eV", "n_frames"}``
+        and a dipole model the same keys with ``dipole_…_D`` (Debye): the error of a frame is
+        ‖μ − μ_ref‖, and the reference spread is √(Σ_k var μ_k).
     """
     n = graph.positions.shape[0]
+    if potential.config.target != "energy":
+        return _evaluate_property(potential, params, graph, targets, batch_size)
     fn = jax.jit(potential.energy_and_forces)
     e_err, f_err = [], []
     for idx, w in _index_batches(n, min(batch_size, n), None):
@@ -172,6 +193,24 @@ def evaluate(potential: Potential, params, graph: Graph, targets: Targets,
         out[f"{key}_mae_{unit}"] = None if err is None else float(1000 * np.abs(err).mean())
         out[f"{key}_rmse_{unit}"] = None if err is None else float(1000 * np.sqrt((err ** 2).mean()))
     return out
+
+
+def _evaluate_property(potential: Potential, params, graph: Graph, targets: Targets, batch_size: int) -> dict:
+    """:func:`evaluate` of a gap or dipole model (keys in its docstring)."""
+    n = graph.positions.shape[0]
+    fn = jax.jit(potential.predict)
+    errors = []
+    for idx, w in _index_batches(n, min(batch_size, n), None):
+        g, t = _batch(graph, targets, jnp.asarray(idx))
+        errors.append(np.asarray(fn(params, g) - t.properties, np.float64)[w > 0])
+    err = np.concatenate(errors).reshape(n, -1)
+    target = potential.config.target
+    _, unit, factor = PROPERTY_LABELS[target]
+    size = np.linalg.norm(err, axis=-1) * factor
+    reference = np.asarray(targets.properties, np.float64).reshape(n, -1) * factor
+    return {"n_frames": int(n), f"{target}_mae_{unit}": float(size.mean()),
+            f"{target}_rmse_{unit}": float(np.sqrt(np.mean(size ** 2))),
+            f"{target}_reference_std_{unit}": float(np.sqrt(np.sum(reference.var(axis=0))))}
 
 
 def train(potential: Potential, params, train_data: tuple[Graph, Targets],
@@ -324,24 +363,98 @@ def train(potential: Potential, params, train_data: tuple[Graph, Targets],
 
 
 def labelled_graphs(frames, cutoff: float, dtype: str = "float32",
-                    n_edges: int | None = None) -> tuple[Graph, Targets]:
+                    n_edges: int | None = None, target: str = "energy") -> tuple[Graph, Targets]:
     """A batched graph and targets from :class:`jaxrel.data.readers.Frames`.
 
     Args:
-        frames: positions Å, energies eV, forces eV/Å (either may be None).
+        frames: one ``Frames`` (positions Å, energies eV, forces eV/Å, either may be None), or
+            a list of them with different compositions (e.g. the molecules of
+            :func:`jaxrel.data.read_molecules`): each is built alone, padded to the largest atom
+            and edge counts (:func:`jaxrel.graph.pad_graph`) and the frames concatenated in
+            list order.
         cutoff: neighbour cutoff, Å.
         dtype: float dtype of positions and targets (the model's dtype).
         n_edges: edge capacity (None: the largest edge count of these frames).
+        target: ``"energy"``, or ``"gap"``/``"dipole"`` to put the frames' gaps (eV) or
+            dipoles (e·Å) in ``Targets.properties``.
     Raises:
-        ValueError: as :func:`jaxrel.graph.build_graphs`, or when the frames have
-            neither energies nor forces.
+        ValueError: as :func:`jaxrel.graph.build_graphs`, when the frames have neither
+            energies nor forces (energy target) or lack the target's label, or an empty list.
     """
-    if frames.energies is None and frames.forces is None:
-        raise ValueError(f"{frames.source} has neither energies nor forces to train or evaluate on")
-    graph = build_graphs(frames.positions, frames.species, cutoff, cell=frames.cell,
-                         n_edges=n_edges).astype(dtype)
-    cast = lambda x: None if x is None else jnp.asarray(x, dtype)  # noqa: E731
-    return graph, Targets(cast(frames.energies), cast(frames.forces))
+    parts = [frames] if not isinstance(frames, (list, tuple)) else list(frames)
+    if not parts:
+        raise ValueError("no frames given: pass at least one Frames")
+    label = PROPERTY_LABELS[target][0] if target != "energy" else None
+    for f in parts:
+        if label is None and f.energies is None and f.forces is None:
+            raise ValueError(f"{f.source} has neither energies nor forces to train or evaluate on")
+        if label is not None and getattr(f, label) is None:
+            raise ValueError(f"{f.source} has no {label} for a {target} model; give data with {label} "
+                             "(e.g. from 'jaxrel generate xtb')")
+    graphs = [build_graphs(f.positions, f.species, cutoff, cell=f.cell, n_edges=n_edges) for f in parts]
+    n_atoms, edges = max(g.n_atoms for g in graphs), max(g.n_edges for g in graphs)
+    graph = jax.tree.map(lambda *x: jnp.concatenate(x), *[pad_graph(g, n_atoms, edges) for g in graphs])
+
+    def stack(name, pad_atoms=False):
+        values = [getattr(f, name) for f in parts]
+        if any(v is None for v in values):
+            return None
+        if pad_atoms:
+            values = [np.pad(v, [(0, 0), (0, n_atoms - v.shape[1]), (0, 0)]) for v in values]
+        return jnp.asarray(np.concatenate(values), dtype)
+
+    if label is not None:
+        return graph.astype(dtype), Targets(None, None, stack(label))
+    return graph.astype(dtype), Targets(stack("energies"), stack("forces", pad_atoms=True))
+
+
+def select_frames(molecules: list, indices) -> list:
+    """The frames of a list of :class:`~jaxrel.data.Frames` picked by global frame indices.
+
+    Frame k of the list is frame k of the concatenation ``molecules[0], molecules[1], …``
+    (the file's order for :func:`jaxrel.data.read_molecules`). Returns one ``Frames`` per molecule
+    that has picked frames, in list order, each holding its picked frames in the order of ``indices``
+    (for a single ``Frames`` this is ``frames.select(indices)``).
+    """
+    indices = np.asarray(indices, np.int64)
+    starts = np.cumsum([0] + [len(f) for f in molecules])
+    picked = []
+    for f, start, stop in zip(molecules, starts[:-1], starts[1:]):
+        local = indices[(indices >= start) & (indices < stop)] - start
+        if len(local):
+            picked.append(f.select(local))
+    return picked
+
+
+def _shifts_and_scale(frames: list, target: str, readout: str, fit: bool) -> tuple[dict[int, float], float]:
+    """Per-species shifts e_Z and the output scale of a new model from its training frames.
+
+    Energy: shifts a least-squares fit of the energies (``fit``; else 0), scale the force RMS
+    (eV/Å × 1 Å) or, without forces, the spread of the per-atom energy residual. Gap: with the sum
+    readout the same fit of the gaps; with ``mean``/``softmax`` one shared shift, the mean gap, and
+    the gap's spread as scale. Dipole: no shifts; scale |μ|_rms / (Σ_i |r_i − r̄|²)_rms^½, the size of
+    the charges that random signs would need (e).
+    """
+    from jaxrel.data import fit_species_energies
+
+    species = sorted(set(np.concatenate([f.species for f in frames]).tolist()))
+    if target == "dipole":
+        mu = np.concatenate([f.dipoles for f in frames])
+        spread = np.concatenate([np.sum((f.positions - f.positions.mean(1, keepdims=True)) ** 2, axis=(1, 2))
+                                 for f in frames])
+        return {}, max(float(np.sqrt(np.mean(np.sum(mu ** 2, -1)) / np.mean(spread))), 1e-3)
+    label = "energies" if target == "energy" else PROPERTY_LABELS[target][0]
+    values = [getattr(f, label) for f in frames]
+    if target == "gap" and readout != "sum":
+        gaps = np.concatenate(values)
+        return {z: float(gaps.mean()) for z in species}, max(float(gaps.std()), 1e-3)
+    shifts = fit_species_energies(frames, label=label) if fit and values[0] is not None else {}
+    if target == "energy" and frames[0].forces is not None:
+        forces = np.concatenate([f.forces.reshape(-1) for f in frames])
+        return shifts, max(float(np.sqrt(np.mean(forces ** 2))), 1e-3)
+    residual = np.concatenate([(v - sum(shifts.get(int(z), 0.0) for z in f.species)) / np.sqrt(len(f.species))
+                               for f, v in zip(frames, values)])
+    return shifts, max(float(np.std(residual)), 1e-3)
 
 
 def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff: float = 5.0,
@@ -350,8 +463,8 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
                     minutes: float | None = None, batch_size: int = 8,
                     learning_rate: float = 1e-3, energy_weight: float = 0.05, forces_weight: float = 0.95,
                     species_energies: str = "fit", n_train: int | None = None, n_validation: int | None = None,
-                    seed: int = 0, seeds: int = 1, prior: str | None = None, overwrite: bool = False,
-                    progress: bool = True) -> dict:
+                    seed: int = 0, seeds: int = 1, prior: str | None = None, target: str = "energy",
+                    readout: str = "sum", overwrite: bool = False, progress: bool = True) -> dict:
     """Train a potential on a data file and write ``OUT/model/`` and ``OUT/metrics.json``.
 
     Nothing is computed before the settings, the output folder and the data are checked.
@@ -373,7 +486,10 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
     prior); only energy differences and forces carry meaning.
 
     Args:
-        data: a file :func:`jaxrel.data.read_frames` reads; test_data: an optional separate one.
+        data: a file :func:`jaxrel.data.read_molecules` reads (one system, or the molecules of a
+            ``jaxrel generate xtb`` file: frames of different compositions are padded to one size
+            class, :func:`labelled_graphs`, and split at random over all frames); test_data: an
+            optional separate one.
         out: output folder (created).
         model, cutoff (Å), n_interactions, n_rbf, dtype, lmax: :class:`ModelConfig`.
         n_features: the feature width, or for NequIP the multiplicities (F_0, …, F_L) per l
@@ -384,6 +500,10 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
         prior: ``"repulsive"`` adds the fixed pair prior of :mod:`jaxrel.models.prior`, fitted to
             the training frames' closest approaches and force RMS, to the network (it is part
             of the energy in training, MD and every explanation); None for none.
+        target, readout: what the model predicts and how atomwise outputs combine
+            (:class:`ModelConfig`). A gap or dipole model is trained on the squared error of
+            that label alone (``energy_weight``/``forces_weight`` do not apply); its shifts and
+            scale are set as in :func:`_shifts_and_scale`.
         n_train, n_validation: frame counts (None: the defaults above).
         seeds: ensemble size K. With K > 1 the models initialised with seeds seed … seed + K − 1
             are trained in one vmapped run on the same batches (:func:`train`) and saved as
@@ -407,59 +527,61 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
         FloatingPointError: training diverged, or the trained model's errors are not finite.
         KeyboardInterrupt: Ctrl-C before the first epoch finished (nothing is saved).
     """
-    from jaxrel.data import Dataset, fit_species_energies, read_frames, split_frames
+    from jaxrel.data import read_molecules, split_frames
 
     if species_energies not in ("fit", "zero"):
         raise ValueError(f"species_energies is {species_energies!r}; use 'fit' or 'zero'")
     if seeds < 1:
         raise ValueError(f"seeds (--seeds) is {seeds}; train at least one model")
+    energy_model = target == "energy"
     train_config = TrainConfig(epochs=epochs, minutes=minutes, batch_size=batch_size, learning_rate=learning_rate,
-                               energy_weight=energy_weight, forces_weight=forces_weight, seed=seed)
-    frames = read_frames(data)
-    for label, weight, option in (("energies", energy_weight, "--energy-weight"),
-                                  ("forces", forces_weight, "--forces-weight")):
-        if weight > 0 and getattr(frames, label) is None:
-            raise ValueError(f"{frames.source} has no {label} but {option} is {weight}; pass {option} 0 to "
-                             f"train without {label}, or give data with {label}")
-    n = len(frames)
+                               energy_weight=energy_weight if energy_model else 1.0,
+                               forces_weight=forces_weight if energy_model else 0.0, seed=seed)
+    features = (int(n_features),) if np.ndim(n_features) == 0 else tuple(int(f) for f in n_features)
+    settings = dict(cutoff=cutoff, n_features=features[0], n_interactions=n_interactions, n_rbf=n_rbf, dtype=dtype,
+                    lmax=lmax, features_per_l=features if len(features) > 1 else None, prior=prior, target=target,
+                    readout=readout)
+    ModelConfig(model, (1,), **settings)        # check the settings before reading any data
+    molecules = read_molecules(data)
+    needs = ((("energies", energy_weight, "--energy-weight"), ("forces", forces_weight, "--forces-weight"))
+             if energy_model else ((PROPERTY_LABELS[target][0], 1.0, "--target " + target),))
+    for label, weight, option in needs:
+        lacking = next((f for f in molecules if getattr(f, label) is None), None)
+        if weight > 0 and lacking is not None:
+            fix = (f"pass {option} 0 to train without {label}" if energy_model
+                   else "train another target (--target)")
+            raise ValueError(f"{lacking.source} has no {label} but {option} is {weight}; {fix}, or give data "
+                             f"with {label}")
+    n = sum(len(f) for f in molecules)
     n_val = n_validation if n_validation is not None else max(1, round(0.05 * n))
+    species = sorted(set(np.concatenate([f.species for f in molecules]).tolist()))
     if test_data:
-        test_frames = read_frames(test_data)
-        unknown = sorted(set(test_frames.species.tolist()) - set(frames.species.tolist()))
+        test_molecules = read_molecules(test_data)
+        unknown = sorted(set(np.concatenate([f.species for f in test_molecules]).tolist()) - set(species))
         if unknown:
             raise ValueError(f"--test-data {test_data} has species {unknown} that the training data {data} lacks; "
                              "the model could not learn them, so test on frames of the trained species")
         split = split_frames(n, n_train if n_train is not None else n - n_val, n_val, 0, seed=seed)
     else:
         split = split_frames(n, n_train if n_train is not None else round(0.8 * n), n_val, None, seed=seed)
-        test_frames = frames.select(split.test)
-    if len(split.train) == 0 or len(split.validation) == 0 or len(test_frames) == 0:
+        test_molecules = select_frames(molecules, split.test)
+    n_test = sum(len(f) for f in test_molecules)
+    if len(split.train) == 0 or len(split.validation) == 0 or n_test == 0:
         raise ValueError(f"{data} has {n} frames: too few for non-empty train ({len(split.train)}), "
-                         f"validation ({len(split.validation)}) and test ({len(test_frames)}) sets; "
+                         f"validation ({len(split.validation)}) and test ({n_test}) sets; "
                          "give more frames, --test-data, or smaller --train/--validation")
-    fit = frames.energies is not None and species_energies == "fit"
-    dataset = Dataset(frames, split, fit_species_energies(frames, split.train) if fit else {})
-    train_frames, val_frames = dataset.subset("train"), dataset.subset("validation")
-    shifts = dataset.species_energies
-    if train_frames.forces is not None:
-        scale = float(np.sqrt(np.mean(train_frames.forces ** 2)))
-    else:
-        residual = train_frames.energies - sum(shifts.get(int(z), 0.0) for z in frames.species)
-        scale = float(np.std(residual) / np.sqrt(len(frames.species)))
-    species = sorted(set(frames.species.tolist()))
-    features = (int(n_features),) if np.ndim(n_features) == 0 else tuple(int(f) for f in n_features)
-    config = ModelConfig(model, tuple(species), cutoff=cutoff, n_features=features[0],
-                         n_interactions=n_interactions, n_rbf=n_rbf, dtype=dtype, lmax=lmax,
-                         features_per_l=features if len(features) > 1 else None, prior=prior)
+    train_frames, val_frames = select_frames(molecules, split.train), select_frames(molecules, split.validation)
+    shifts, scale = _shifts_and_scale(train_frames, target, readout, species_energies == "fit")
+    config = ModelConfig(model, tuple(species), **settings)
     out = prepare_output(out, FILES, overwrite=overwrite)
-    graphs = {name: labelled_graphs(f, cutoff, dtype)
-              for name, f in (("train", train_frames), ("validation", val_frames), ("test", test_frames))}
+    graphs = {name: labelled_graphs(f, cutoff, dtype, target=target)
+              for name, f in (("train", train_frames), ("validation", val_frames), ("test", test_molecules))}
     fitted = None
     if prior is not None:
-        force_rms = scale if train_frames.forces is not None else 0.0
+        force_rms = scale if graphs["train"][1].forces is not None else 0.0
         fitted = fit_repulsive_prior(graphs["train"][0], config.species, force_rms)
     members = list(range(seed, seed + seeds))
-    created = [Potential.create(config, shifts, max(scale, 1e-3), seed=s, prior=fitted) for s in members]
+    created = [Potential.create(config, shifts, scale, seed=s, prior=fitted) for s in members]
     potential = created[0][0]
     folders = [out / "model"] if seeds == 1 else [out / f"model_seed{s}" for s in members]
     bests, histories = train(potential, [p for _, p in created], graphs["train"], graphs["validation"],
@@ -470,13 +592,13 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
                 "dtype": dtype, "epochs": epochs, "minutes": minutes, "batch_size": batch_size,
                 "lr": learning_rate, "energy_weight": energy_weight, "forces_weight": forces_weight,
                 "species_energies": species_energies, "prior": prior, "train": n_train, "validation": n_validation,
-                "seed": seed, "seeds": seeds, "out": str(out)}
+                "seed": seed, "seeds": seeds, "target": target, "readout": readout, "out": str(out)}
     per_member = {}
     for s, best, history, folder in zip(members, bests, histories, folders):
         metrics = {name: evaluate(potential, best, *graphs[name]) for name in ("validation", "test")}
         metrics["training"] = {k: history[k] for k in ("seconds", "epochs", "steps", "best_epoch",
                                                        "frames_per_second", "interrupted")}
-        metrics["n_frames"] = {"train": len(train_frames), "validation": len(val_frames), "test": len(test_frames)}
+        metrics["n_frames"] = {"train": len(split.train), "validation": len(split.validation), "test": n_test}
         run = {"command": sys.argv, "data": str(data), "test_data": settings["test_data"],
                "model": config.to_dict(), "training": settings, "init_seed": s,
                "species_energies_eV": {str(k): v for k, v in shifts.items()}, "energy_scale_eV": scale,
@@ -489,7 +611,9 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
     else:
         save_ensemble(out, [f.name for f in folders], members, metadata={"training": settings})
         errors = {key: [m["test"][key] for m in per_member.values()]
-                  for key in ("energy_mae_meV", "forces_mae_meV_per_A") if per_member[seed]["test"][key] is not None}
+                  for key, value in per_member[seed]["test"].items() if key.endswith(("_mae_meV", "_mae_meV_per_A",
+                                                                                      "_mae_eV", "_mae_D"))
+                  and value is not None}
         metrics = {"seeds": members, "members": {str(s): m for s, m in per_member.items()},
                    "test_mean": {k: float(np.mean(v)) for k, v in errors.items()},
                    "test_std": {k: float(np.std(v)) for k, v in errors.items()},

@@ -160,3 +160,44 @@ def test_per_species_agreement_compares_each_element_apart():
     assert result[1].pearson_r == pytest.approx(1.0) and result[1].slope == pytest.approx(2.0)
     assert result[8].pearson_r == pytest.approx(-1.0)
     assert result[1].mae == pytest.approx(0.2)
+
+
+@pytest.fixture(scope="module")
+def xtb_file(tmp_path_factory):
+    from jaxrel.data import generate_xtb, save_xtb
+
+    path = tmp_path_factory.mktemp("xtb") / "small.npz"
+    save_xtb(generate_xtb(["H2O", "NH3", "CH4", "HCN", "CH3OH"], frames_per_molecule=6, temperature=600.0,
+                          progress=False), path)
+    return path
+
+
+@pytest.mark.parametrize("target,readout", [("gap", "mean"), ("dipole", "sum"), ("energy", "sum")])
+def test_property_models_train_on_several_molecules_and_reload(tmp_path, xtb_file, target, readout):
+    from jaxrel.checkpoint import load_checkpoint
+    from jaxrel.data import read_molecules
+    from jaxrel.train import labelled_graphs, train_potential
+
+    metrics = train_potential(xtb_file, tmp_path / "run", model="schnet", cutoff=3.0, n_features=8,
+                              n_interactions=1, n_rbf=6, epochs=2, batch_size=4, target=target,
+                              readout=readout, n_validation=3, progress=False)
+    key = {"gap": "gap_mae_eV", "dipole": "dipole_mae_D", "energy": "energy_mae_meV"}[target]
+    assert np.isfinite(metrics["test"][key]) and metrics["n_frames"] == {"train": 24, "validation": 3, "test": 3}
+    potential, params, _ = load_checkpoint(tmp_path / "run" / "model")
+    assert (potential.config.target, potential.config.readout) == (target, readout)
+    assert potential.config.species == (1, 6, 7, 8)
+    # one padded size class for five compositions; the prediction of a padded frame is its own
+    molecules = read_molecules(xtb_file)
+    graph, targets = labelled_graphs(molecules, 3.0, "float32", target=target)
+    assert graph.positions.shape[:2] == (30, 6)
+    alone = potential.predict(params, labelled_graphs(molecules[1], 3.0, "float32", target=target)[0])
+    np.testing.assert_allclose(potential.predict(params, graph)[6:12], alone, rtol=1e-5, atol=1e-6)
+    if target == "energy":
+        np.testing.assert_array_equal(targets.forces[6:12, 4:], 0.0)      # NH3 padded from 4 to 6 atoms
+
+
+def test_gap_training_needs_gap_labels(tmp_path, dimers):
+    from jaxrel.train import train_potential
+
+    with pytest.raises(ValueError, match="has no gaps but --target gap"):
+        train_potential(dimers, tmp_path / "run", target="gap", readout="mean", epochs=1, progress=False)

@@ -415,7 +415,7 @@ def atomwise_relevance(tables: dict[int, Table], n_atoms: int, frame: int) -> np
 
 def relevance_locality(atomwise: np.ndarray, fraction: float = 0.9) -> int:
     """How many atoms carry ``fraction`` of a prediction's relevance: the smallest k such that the
-    k atoms of largest |R_i| hold at least ``fraction`` of Σ_i |R_i|.
+    k atoms of largest ``abs(R_i)`` hold at least ``fraction`` of ``Σ_i abs(R_i)``.
 
     A locality measure for comparing how intensive and extensive predictions are built (Esders et
     al. 2025, arXiv:2410.13833): an extensive energy spreads over every atom, an intensive

@@ -45,7 +45,8 @@ def split_frames(n_frames: int, n_train: int, n_validation: int, n_test: int | N
                  test=order[ends[1]:ends[2]])
 
 
-def fit_species_energies(frames: Frames | Sequence[Frames], indices=None) -> dict[int, float]:
+def fit_species_energies(frames: Frames | Sequence[Frames], indices=None,
+                         label: str = "energies") -> dict[int, float]:
     """Per-species energy shifts e_s (eV) with energies ≈ Σ_s count_s · e_s, by least squares.
 
     Args:
@@ -54,6 +55,8 @@ def fit_species_energies(frames: Frames | Sequence[Frames], indices=None) -> dic
             compositions takes several ``Frames``).
         indices: frames to fit on (e.g. ``split.train``); only with a single ``Frames``.
             None: all frames.
+        label: the per-frame label to fit, ``"energies"`` or another (n_frames,) field of
+            ``Frames`` such as ``"gaps"`` (a sum readout of the gap, eV).
 
     Returns:
         ``{atomic number: shift in eV}`` for every species present.
@@ -75,15 +78,15 @@ def fit_species_energies(frames: Frames | Sequence[Frames], indices=None) -> dic
         raise ValueError("indices selects frames of a single Frames; with a list of Frames, "
                          "select the frames of each before calling fit_species_energies")
     for f in frames:
-        if f.energies is None:
-            raise ValueError(f"{f.source} has no energies (coarse-grained force-matching data "
-                             "has none); fit species energies only on frames with energies")
+        if getattr(f, label) is None:
+            raise ValueError(f"{f.source} has no {label} (coarse-grained force-matching data has no "
+                             f"energies); fit species shifts only on frames with {label}")
     if sum(len(f) for f in frames) == 0:
         raise ValueError("no frames to fit species energies on; give at least one frame")
     species = np.unique(np.concatenate([f.species for f in frames]))
     counts = np.concatenate([np.broadcast_to((f.species[:, None] == species).sum(0),
                                              (len(f), len(species))) for f in frames])
-    energies = np.concatenate([f.energies for f in frames])
+    energies = np.concatenate([getattr(f, label) for f in frames])
     shifts = np.linalg.lstsq(counts.astype(np.float64), energies, rcond=None)[0]
     return {int(z): float(e) for z, e in zip(species, shifts)}
 

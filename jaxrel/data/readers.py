@@ -1,7 +1,8 @@
 """Read frames of one system (fixed atoms) from the data formats jaxrel uses.
 
 Every reader returns a :class:`Frames` in jaxrel's internal units (Å, eV, eV/Å).
-:func:`read_frames` picks the reader from the file's contents:
+:func:`read_frames` picks the reader from the file's contents; :func:`read_molecules` reads
+a file of several molecules (``xtb``) as one :class:`Frames` per molecule:
 
 =============  ===========================================  ==============================
 format         ``.npz`` keys it recognises                  conversion
@@ -16,6 +17,10 @@ format         ``.npz`` keys it recognises                  conversion
                                                             JSON (below), else None
 ``noble_gas``  ``species``, ``coords``, ``energies``,       none (written by
                ``forces``, ``cell`` (other keys ignored)    ``jaxrel.data.noble_gas``)
+``xtb``        ``xtb_method``, ``molecules``, ``species``   none (written by
+               (padded with 0), ``coords``, ``energies``,   ``jaxrel.data.xtb``); one
+               ``forces``, ``gaps``, ``charges``,           Frames per molecule, padding
+               ``dipoles`` (other keys ignored)             atoms dropped
 =============  ===========================================  ==============================
 
 Any other file goes to ``ase.io.read(path, index=":")`` (extxyz, xyz, traj, ...).
@@ -69,16 +74,32 @@ NPZ_FORMATS = {
     "water_dft": "atomic_numbers, cells, coords, energies, forces",
     "cg": "types, coords, box or cell, forces (optional)",
     "noble_gas": "species, coords, energies, forces, cell",
+    "xtb": "xtb_method, molecules, species, coords, energies, forces, gaps, charges, dipoles",
 }
+
+XTB_KEYS = ("molecules", "species", "coords", "energies", "forces", "gaps", "charges", "dipoles")
+"""The arrays of an ``xtb`` npz that :func:`read_molecules` reads (F frames, N atoms):
+``molecules`` (F,) str, ``species`` (F, N) with 0 for padding, ``coords`` (F, N, 3) Å,
+``energies`` (F,) eV, ``forces`` (F, N, 3) eV/Å, ``gaps`` (F,) eV, ``charges`` (F, N) e,
+``dipoles`` (F, 3) e·Å."""
 
 SPECIES_KEYS = ("nuclear_charges", "atomic_numbers", "species")
 """npz keys that may hold element symbols instead of atomic numbers."""
+
+TEXT_KEYS = ("molecules",)
+"""npz keys that hold text (a numpy ``str_`` array) instead of numbers."""
 
 _NPZ_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, pickle.UnpicklingError,
                zlib.error)
 """What ``np.load`` and reading an npz member raise on a truncated, corrupt or foreign file."""
 
 _INT32_MAX = np.iinfo(np.int32).max
+
+_LABELS = {"energies": ("energy", "eV", False), "forces": ("force", "eV/Å", True),
+           "gaps": ("HOMO–LUMO gap", "eV", False), "dipoles": ("dipole", "e·Å", False),
+           "charges": ("charge", "e", True)}
+"""Labels of :class:`Frames` → (what one entry is, unit, one entry per atom), for the
+messages of the finiteness checks."""
 
 CG_MOLECULES = {"water": "H2O", "methane": "CH4"}
 """Word in a CG sidecar's ``"system"`` text → the chemical formula of one bead (module
@@ -102,16 +123,22 @@ class Frames:
                                                     (elements: use their standard masses)
         coarse_grained  bool                        | species are bead ids (type + 1), not
                                                     atomic numbers; default False
+        gaps       (n_frames,) float64 or None      | eV, HOMO–LUMO gap; None = not given
+        dipoles    (n_frames, 3) float64 or None    | e·Å, dipole moment; None = not given
+        charges    (n_frames, n_atoms) float64 or None | e, atomic partial charges;
+                                                    None = not given
+        name       str or None                      | the molecule's name (an xtb file's
+                                                    G2 name); None = not given
 
     Arrays are converted to these dtypes on construction; species given as element
     symbols (``'O'``, ``'H'``) become atomic numbers. Zero frames are allowed (an empty
     selection); zero atoms are not.
 
     Raises:
-        ValueError: when the shapes of positions, species, energies, forces, masses or cell
-            disagree, there are no atoms, a species is not a positive integer or element
-            symbol, a position, energy or force is not finite, a mass is not a positive
-            finite number, or a cell is not finite or degenerate
+        ValueError: when the shapes of positions, species, energies, forces, gaps, dipoles,
+            charges, masses or cell disagree, there are no atoms, a species is not a positive
+            integer or element symbol, a position, energy, force, gap, dipole or charge is not
+            finite, a mass is not a positive finite number, or a cell is not finite or degenerate
             (:func:`jaxrel.geometry.check_cell`); the message names the frame and atom.
     """
 
@@ -123,9 +150,14 @@ class Frames:
     source: str
     masses: np.ndarray | None = None
     coarse_grained: bool = False
+    gaps: np.ndarray | None = None
+    dipoles: np.ndarray | None = None
+    charges: np.ndarray | None = None
+    name: str | None = None
 
     def __post_init__(self):
-        for name in ("positions", "energies", "forces", "cell", "masses"):
+        for name in ("positions", "energies", "forces", "cell", "masses", "gaps", "dipoles",
+                     "charges"):
             value = getattr(self, name)
             object.__setattr__(self, name, None if value is None else np.asarray(value, np.float64))
         pos = self.positions
@@ -138,7 +170,9 @@ class Frames:
                              "give frames with at least one atom")
         species = np.asarray(self.species)
         expected = {"species": (species, (n_atoms,)), "energies": (self.energies, (n_frames,)),
-                    "forces": (self.forces, pos.shape), "masses": (self.masses, (n_atoms,))}
+                    "forces": (self.forces, pos.shape), "masses": (self.masses, (n_atoms,)),
+                    "gaps": (self.gaps, (n_frames,)), "dipoles": (self.dipoles, (n_frames, 3)),
+                    "charges": (self.charges, (n_frames, n_atoms))}
         for name, (value, shape) in expected.items():
             if value is not None and value.shape != shape:
                 raise ValueError(f"{self.source}: {name} have shape {value.shape} but positions "
@@ -153,15 +187,17 @@ class Frames:
                 check_cell(self.cell, per_frame=True)
         except ValueError as err:
             raise ValueError(f"{self.source}: {err}") from None
-        if self.energies is not None and not np.isfinite(self.energies).all():
-            f = np.flatnonzero(~np.isfinite(self.energies))[0]
-            raise ValueError(f"{self.source}: frame {f} has a non-finite energy "
-                             f"{self.energies[f]} eV; remove the frame or fix its label")
-        if self.forces is not None and not np.isfinite(self.forces).all():
-            f, a = np.argwhere(~np.isfinite(self.forces).all(axis=-1))[0]
-            raise ValueError(f"{self.source}: frame {f}, atom {a} has a non-finite force "
-                             f"{self.forces[f, a].tolist()} eV/Å; remove the frame or fix its "
-                             "labels")
+        for name, (what, unit, per_atom) in _LABELS.items():
+            value = getattr(self, name)
+            if value is None or np.isfinite(value).all():
+                continue
+            # one row per frame (or per frame and atom), one or three numbers per row
+            rows = value.reshape(value.shape[:2 if per_atom else 1] + (-1,))
+            where = tuple(np.argwhere(~np.isfinite(rows).all(axis=-1))[0])
+            atom = f", atom {where[1]}" if per_atom else ""
+            raise ValueError(f"{self.source}: frame {where[0]}{atom} has a non-finite {what} "
+                             f"{value[where].tolist()} {unit}; remove the frame or fix its label"
+                             + ("s" if per_atom else ""))
         if self.masses is not None and not (np.isfinite(self.masses) & (self.masses > 0)).all():
             a = np.flatnonzero(~(np.isfinite(self.masses) & (self.masses > 0)))[0]
             raise ValueError(f"{self.source}: atom {a} has the mass {self.masses[a]} amu; give "
@@ -174,9 +210,10 @@ class Frames:
     def select(self, index) -> "Frames":
         """The frames picked by ``index``: a slice, an int index array or a bool mask.
 
-        Per-frame arrays (positions, energies, forces, a per-frame cell) are indexed;
-        species, masses, a shared (3, 3) cell, source and ``coarse_grained`` are kept. The
-        result always keeps the frame axis (an int gives one frame).
+        Per-frame arrays (positions, energies, forces, gaps, dipoles, charges, a per-frame
+        cell) are indexed; species, masses, a shared (3, 3) cell, source, ``coarse_grained``
+        and ``name`` are kept. The result always keeps the frame axis (an int gives one
+        frame).
         """
         if not isinstance(index, slice):
             index = np.asarray(index)
@@ -187,7 +224,8 @@ class Frames:
 
         per_frame_cell = self.cell is not None and self.cell.ndim == 3
         return replace(self, positions=pick(self.positions), energies=pick(self.energies),
-                       forces=pick(self.forces),
+                       forces=pick(self.forces), gaps=pick(self.gaps), dipoles=pick(self.dipoles),
+                       charges=pick(self.charges),
                        cell=pick(self.cell) if per_frame_cell else self.cell)
 
 
@@ -197,24 +235,53 @@ def read_frames(path, format: str | None = None) -> Frames:
     Args:
         path: a ``.npz`` file in one of the layouts of :data:`NPZ_FORMATS` (see the
             module docstring), or any file ``ase.io.read`` understands (extxyz, ...).
-        format: None to detect it from the file; ``"rmd17"``, ``"water_dft"``, ``"cg"``
-            or ``"noble_gas"`` to force an npz layout; any other string is passed to
-            ``ase.io.read`` as its ``format``.
+        format: None to detect it from the file; ``"rmd17"``, ``"water_dft"``, ``"cg"``,
+            ``"noble_gas"`` or ``"xtb"`` to force an npz layout; any other string is passed
+            to ``ase.io.read`` as its ``format``.
 
     Returns:
         :class:`Frames`. Energies/forces are None when the file holds none (CG data
-        has no energies); ``cell`` is one (3, 3) array when all frames share it.
+        has no energies); ``cell`` is one (3, 3) array when all frames share it. An
+        ``xtb`` file of one molecule also gives gaps, dipoles, charges and the name.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: as :func:`read_molecules`, and when an ``xtb`` file holds more than
+            one molecule (read it with :func:`read_molecules`).
+    """
+    molecules = read_molecules(path, format)
+    if len(molecules) > 1:
+        raise ValueError(f"{os.fspath(path)} holds {len(molecules)} molecules, not frames of one "
+                         "system; read it with jaxrel.data.read_molecules, or pass it to "
+                         "'jaxrel train', which reads every molecule")
+    return molecules[0]
+
+
+def read_molecules(path, format: str | None = None) -> list[Frames]:
+    """Read the frames of ``path`` as one :class:`Frames` per molecule, in Å, eV and eV/Å.
+
+    An ``xtb`` npz gives one :class:`Frames` per contiguous block of frames with the same
+    molecule name and species, in file order (concatenating their frames gives the file's
+    frames), with padding atoms (species 0) dropped and ``name`` set to the molecule's name.
+    Every other file holds one system and gives a one-element list, as
+    :func:`read_frames` reads it.
+
+    Args:
+        path, format: as :func:`read_frames`.
+
+    Returns:
+        A non-empty list of :class:`Frames`, each with at least one frame.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: ``path`` is a folder; the file is empty, truncated, corrupt, of a
             kind neither jaxrel nor ase reads, or holds no frames or no atoms; an npz
-            matches no known layout or holds an array that is not numbers; shapes
-            disagree; a species is not a positive integer or element symbol; a position,
-            energy, force or cell entry is not finite; a cell is degenerate; frames of an
-            ase file differ in species or periodicity, or only some carry
-            energies/forces. Every message names the file and, where it applies, the key,
-            frame and atom.
+            matches no known layout or holds an array that is not numbers (text, for an
+            xtb file's molecule names); shapes disagree; a species is not a positive
+            integer or element symbol; a position, energy, force, gap, dipole, charge or
+            cell entry is not finite; a cell is degenerate; frames of an ase file differ
+            in species or periodicity, or only some carry energies/forces. Every message
+            names the file and, where it applies, the key, molecule, frame and atom.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -226,15 +293,17 @@ def read_frames(path, format: str | None = None) -> Frames:
     if os.path.getsize(path) == 0:
         raise ValueError(f"{path} is empty (0 bytes); re-download or re-write the file")
     if format in NPZ_FORMATS or (format is None and path.endswith(".npz")):
-        frames = _read_npz(path, format)
+        molecules = _read_npz(path, format)
     else:
-        frames = _read_ase(path, format)
-    if len(frames) == 0:
+        molecules = [_read_ase(path, format)]
+    if sum(len(frames) for frames in molecules) == 0:
         raise ValueError(f"{path} holds no frames; give a file with at least one frame")
-    return frames
+    return molecules
 
 
-def _read_npz(path: str, format: str | None) -> Frames:
+def _read_npz(path: str, format: str | None) -> list[Frames]:
+    """The frames of an npz: one :class:`Frames` per molecule of an xtb file, one for any
+    other layout."""
     try:
         data = np.load(path)
     except _NPZ_ERRORS:
@@ -261,20 +330,26 @@ def _read_npz(path: str, format: str | None) -> Frames:
                                  "re-download the file or write it again with np.savez, "
                                  "storing numbers only") from None
             symbols = key in SPECIES_KEYS
-            if value.dtype.kind not in "iuf" + ("US" if symbols else ""):
+            if key in TEXT_KEYS:
+                kinds, what = "U", "text (a numpy str_ array)"
+            else:
+                kinds = "iuf" + ("US" if symbols else "")
+                what = "numbers" + (" or element symbols" if symbols else "")
+            if value.dtype.kind not in kinds:
                 raise ValueError(f"{source}: the array {key!r} holds {value.dtype} values; "
-                                 "store it as numbers"
-                                 + (" or element symbols" if symbols else ""))
+                                 f"store it as {what}")
             return value
 
+        if format == "xtb":
+            return _xtb_molecules({key: get(key) for key in XTB_KEYS}, path)
         if format == "rmd17":
-            return Frames(species=get("nuclear_charges"), positions=get("coords"),
-                          energies=_kcal_to_ev(get("energies")), forces=_kcal_to_ev(get("forces")),
-                          cell=None, source=source)
+            return [Frames(species=get("nuclear_charges"), positions=get("coords"),
+                           energies=_kcal_to_ev(get("energies")),
+                           forces=_kcal_to_ev(get("forces")), cell=None, source=source)]
         if format == "water_dft":
-            return Frames(species=get("atomic_numbers"), positions=get("coords"),
-                          energies=get("energies"), forces=get("forces"),
-                          cell=_shared_cell(get("cells")), source=source)
+            return [Frames(species=get("atomic_numbers"), positions=get("coords"),
+                           energies=get("energies"), forces=get("forces"),
+                           cell=_shared_cell(get("cells")), source=source)]
         if format == "cg":
             positions = get("coords")
             forces = _kcal_to_ev(get("forces")) if "forces" in keys else None
@@ -289,13 +364,52 @@ def _read_npz(path: str, format: str | None) -> Frames:
                 cell = get("cell")
             types = _integer_ids(get("types"), source, "type", 0,
                                  "store coarse-grained bead types as integers from 0")
-            return Frames(species=types + 1,
-                          positions=positions[None] if positions.ndim == 2 else positions,
-                          energies=None, forces=forces, cell=cell, source=source,
-                          masses=_cg_bead_masses(path, types), coarse_grained=True)
-        return Frames(species=get("species"), positions=get("coords"), energies=get("energies"),
-                      forces=get("forces"), cell=get("cell") if "cell" in keys else None,
-                      source=source)
+            return [Frames(species=types + 1,
+                           positions=positions[None] if positions.ndim == 2 else positions,
+                           energies=None, forces=forces, cell=cell, source=source,
+                           masses=_cg_bead_masses(path, types), coarse_grained=True)]
+        return [Frames(species=get("species"), positions=get("coords"), energies=get("energies"),
+                       forces=get("forces"), cell=get("cell") if "cell" in keys else None,
+                       source=source)]
+
+
+def _xtb_molecules(arrays: dict[str, np.ndarray], path: str) -> list[Frames]:
+    """One :class:`Frames` per contiguous block of frames of one molecule (same name, same
+    species row) of the :data:`XTB_KEYS` arrays of an xtb npz, padding atoms dropped.
+
+    Raises:
+        ValueError: the arrays' shapes disagree with ``coords`` (F, N, 3), a species is not
+            an integer ≥ 0, a block has only padding atoms, or :class:`Frames` rejects a
+            block (the message names the molecule and its frames in the file).
+    """
+    coords, species, names = arrays["coords"], arrays["species"], arrays["molecules"]
+    if coords.ndim != 3 or coords.shape[-1] != 3:
+        raise ValueError(f"{path} (xtb): coords have shape {coords.shape}; give them as "
+                         "(n_frames, n_atoms, 3)")
+    n_frames, n_atoms = coords.shape[:2]
+    shapes = {"molecules": (n_frames,), "species": (n_frames, n_atoms), "energies": (n_frames,),
+              "forces": coords.shape, "gaps": (n_frames,), "charges": (n_frames, n_atoms),
+              "dipoles": (n_frames, 3)}
+    for key, shape in shapes.items():
+        if arrays[key].shape != shape:
+            raise ValueError(f"{path} (xtb): {key} have shape {arrays[key].shape} but coords "
+                             f"{coords.shape} need {shape}; fix the file so they match")
+    new = np.ones(n_frames, bool)
+    new[1:] = (names[1:] != names[:-1]) | (species[1:] != species[:-1]).any(axis=1)
+    starts = np.flatnonzero(new)
+    molecules = []
+    for start, stop in zip(starts, [*starts[1:], n_frames]):
+        name = str(names[start])
+        source = f"{path} (xtb: {name}, frames {start}–{stop - 1})"
+        row = _integer_ids(species[start], source, "species", 0,
+                           "store atomic numbers, with 0 for padding atoms")
+        atoms, frames = row > 0, slice(start, stop)
+        molecules.append(Frames(species=row[atoms], positions=coords[frames, atoms],
+                                energies=arrays["energies"][frames],
+                                forces=arrays["forces"][frames, atoms], cell=None, source=source,
+                                gaps=arrays["gaps"][frames], dipoles=arrays["dipoles"][frames],
+                                charges=arrays["charges"][frames, atoms], name=name))
+    return molecules
 
 
 def _cg_bead_masses(path: str, types: np.ndarray) -> np.ndarray | None:
@@ -366,6 +480,8 @@ def _integer_ids(values: np.ndarray, source: str, name: str, least: int, fix: st
 
 
 def _detect_npz(keys: set[str], path: str) -> str:
+    if "xtb_method" in keys:
+        return "xtb"
     if "nuclear_charges" in keys:
         return "rmd17"
     if {"atomic_numbers", "cells"} <= keys:

@@ -195,7 +195,7 @@ class EnergyModel(nnx.Module):
       neutral molecule) exactly; μ = Σ_i q_i (r_i − r̄) with r̄ the centroid of the atoms
       (origin-free because Σ q_i = 0; Schütt et al. 2018, arXiv:1806.10349, and the charge
       models of PhysNet, Unke & Meuwly 2019, arXiv:1902.08408). The scalar the engine explains
-      is |μ| = Σ_i c_i with c_i = μ̂ · q_i (r_i − r̄), μ̂ = μ/|μ| frozen (this leaves ∂|μ| unchanged).
+      is ``‖μ‖ = Σ_i c_i`` with c_i = μ̂ · q_i (r_i − r̄), μ̂ = μ/‖μ‖ frozen (this leaves ∂‖μ‖ unchanged).
     """
 
     def __init__(self, config: ModelConfig, species_energies: dict[int, float] | None,

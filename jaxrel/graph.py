@@ -302,3 +302,23 @@ def pad_graph(graph: Graph, n_atoms: int, n_edges: int) -> Graph:
         positions=grow(graph.positions, da), species=grow(graph.species, da),
         node_mask=grow(graph.node_mask, da, False), senders=grow(graph.senders, de),
         receivers=grow(graph.receivers, de), edge_mask=grow(graph.edge_mask, de, False))
+
+
+def concatenate_graphs(graphs: list[Graph]) -> Graph:
+    """Batched graphs of different sizes as one batch: each padded to the largest atom and edge
+    capacity (:func:`pad_graph`), then the frames concatenated in list order.
+
+    Frames of different molecules then share one size class, so one compiled function serves
+    them all; padding changes no result.
+
+    Raises:
+        ValueError: an empty list, an unbatched graph, or periodic and free-space graphs mixed.
+    """
+    if not graphs:
+        raise ValueError("no graphs given: pass at least one batched Graph")
+    if not all(g.is_batched for g in graphs):
+        raise ValueError("concatenate_graphs takes batched graphs (a leading frame axis), as build_graphs returns")
+    if len({g.cell is None for g in graphs}) > 1:
+        raise ValueError("some graphs are periodic and some are not; concatenate graphs of one kind")
+    n_atoms, n_edges = max(g.n_atoms for g in graphs), max(g.n_edges for g in graphs)
+    return jax.tree.map(lambda *x: jnp.concatenate(x), *[pad_graph(g, n_atoms, n_edges) for g in graphs])

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from jaxrel.checkpoint import checkpoint_digest, save_checkpoint, save_ensemble
 from jaxrel.files import prepare_output, write_json
-from jaxrel.graph import Graph, build_graphs, pad_graph
+from jaxrel.graph import Graph, build_graphs, concatenate_graphs
 from jaxrel.models import ModelConfig, Potential
 from jaxrel.models.potential import SpeciesShift
 from jaxrel.models.prior import fit_repulsive_prior
@@ -369,9 +369,8 @@ def labelled_graphs(frames, cutoff: float, dtype: str = "float32",
     Args:
         frames: one ``Frames`` (positions Å, energies eV, forces eV/Å, either may be None), or
             a list of them with different compositions (e.g. the molecules of
-            :func:`jaxrel.data.read_molecules`): each is built alone, padded to the largest atom
-            and edge counts (:func:`jaxrel.graph.pad_graph`) and the frames concatenated in
-            list order.
+            :func:`jaxrel.data.read_molecules`): each is built alone and the frames concatenated
+            in list order in one size class (:func:`jaxrel.graph.concatenate_graphs`).
         cutoff: neighbour cutoff, Å.
         dtype: float dtype of positions and targets (the model's dtype).
         n_edges: edge capacity (None: the largest edge count of these frames).
@@ -391,9 +390,9 @@ def labelled_graphs(frames, cutoff: float, dtype: str = "float32",
         if label is not None and getattr(f, label) is None:
             raise ValueError(f"{f.source} has no {label} for a {target} model; give data with {label} "
                              "(e.g. from 'jaxrel generate xtb')")
-    graphs = [build_graphs(f.positions, f.species, cutoff, cell=f.cell, n_edges=n_edges) for f in parts]
-    n_atoms, edges = max(g.n_atoms for g in graphs), max(g.n_edges for g in graphs)
-    graph = jax.tree.map(lambda *x: jnp.concatenate(x), *[pad_graph(g, n_atoms, edges) for g in graphs])
+    graph = concatenate_graphs([build_graphs(f.positions, f.species, cutoff, cell=f.cell, n_edges=n_edges)
+                                for f in parts])
+    n_atoms = graph.n_atoms
 
     def stack(name, pad_atoms=False):
         values = [getattr(f, name) for f in parts]

@@ -201,3 +201,30 @@ def test_gap_training_needs_gap_labels(tmp_path, dimers):
 
     with pytest.raises(ValueError, match="has no gaps but --target gap"):
         train_potential(dimers, tmp_path / "run", target="gap", readout="mean", epochs=1, progress=False)
+
+
+def test_chemical_insight_of_several_molecules(tmp_path, xtb_file):
+    from jaxrel.analysis.chemistry import chemical_insight, start_atom_relevance, write_chemical_insight
+    from jaxrel.data import read_molecules
+
+    molecules = read_molecules(xtb_file)
+    potential, params = Potential.create(ModelConfig("schnet", (1, 6, 7, 8), cutoff=3.0, n_features=8,
+                                                     n_interactions=2, n_rbf=6, dtype="float64", target="dipole"),
+                                         None, 0.7, seed=3)
+    insight = chemical_insight(potential, params, molecules)
+    assert len(insight.n_atoms) == 30 and insight.species.shape == insight.values.shape == insight.reference.shape
+    # latent charges: Σ q = 0 in every frame; every element with charges is compared
+    for k, start in enumerate(np.cumsum([0, *insight.n_atoms[:-1]])):
+        assert abs(insight.values[start:start + insight.n_atoms[k]].sum()) < 1e-12
+    assert set(insight.charges) == {1, 6, 7, 8}
+    # the relevance of the walks that start at each atom sums to that of all walks (brute force)
+    graph = build_graphs(molecules[4].positions[:1], molecules[4].species, 3.0).frame(0)
+    walks = enumerate_walks(graph, 2)
+    by_start = np.bincount(walks[:, 0], walk_relevance(potential, params, graph, walks), graph.n_atoms)
+    np.testing.assert_allclose(start_atom_relevance(potential, params, graph), by_start, rtol=1e-10, atol=1e-13)
+    # padding to the largest molecule changes nothing
+    alone = chemical_insight(potential, params, molecules[0])
+    np.testing.assert_array_equal(alone.atoms_for_share, insight.atoms_for_share[:6])
+    np.testing.assert_allclose(alone.values, insight.values[:18], atol=1e-13)
+    paths = write_chemical_insight(insight, tmp_path)
+    assert sorted(paths) == ["charges", "json", "locality"] and all(p.stat().st_size > 0 for p in paths.values())

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxrel.analysis.numerics import BinnedCurve, Shares, Strength, atomwise_comparison, species_label
+from jaxrel.analysis.numerics import (BinnedCurve, Shares, Strength, atomwise_comparison, per_species_agreement,
+                                      species_label)
 from jaxrel.files import atomic_write
 
 FIGURE_DPI = 150
@@ -280,4 +281,50 @@ def plot_force_components(parts: dict[str, np.ndarray], path, *, title: str = ""
     ax.set_ylabel("count")
     ax.legend(fontsize=8)
     ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_per_species(values: np.ndarray, reference: np.ndarray, species: np.ndarray, path, *,
+                     xlabel: str, ylabel: str) -> Path:
+    """Scatter of per-atom values against a reference, one colour per species, with each
+    species' Pearson r in the legend (e.g. latent against xTB partial charges).
+
+    Args:
+        values, reference, species: (n,) per-atom arrays (species: atomic numbers).
+        path: PNG to write; xlabel, ylabel: axis labels (reference on x).
+    Returns:
+        ``path`` as a Path.
+    """
+    agreement = per_species_agreement(values, reference, species)
+    fig = Figure(figsize=(5.6, 4.6))
+    ax = fig.add_subplot()
+    for i, z in enumerate(np.unique(species)):
+        keep = species == z
+        r = f", r = {agreement[int(z)].pearson_r:.2f}" if int(z) in agreement else ""
+        ax.plot(reference[keep], values[keep], ".", ms=3, alpha=0.6, color=_colour(i),
+                label=f"{species_label((int(z),))} ({int(keep.sum())}{r})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, ncol=2, markerscale=3)
+    return _save(fig, path)
+
+
+def plot_locality(shares: dict[str, np.ndarray], path, *, fraction: float = 0.9) -> Path:
+    """Histograms of the share of a frame's atoms that carry ``fraction`` of its relevance, one
+    per model (e.g. per readout).
+
+    Args:
+        shares: {label: (F,) shares in (0, 1]}; path: PNG to write.
+    Returns:
+        ``path`` as a Path.
+    """
+    fig = Figure(figsize=(5.6, 4.0))
+    ax = fig.add_subplot()
+    for i, (label, share) in enumerate(shares.items()):
+        share = np.asarray(share)
+        ax.hist(share, bins=np.linspace(0, 1, 21), histtype="step", lw=1.5, color=_colour(i),
+                label=f"{label} (mean {share.mean():.2f})")
+    ax.set_xlabel(f"share of the atoms that carry {100 * fraction:.0f} % of Σ|R_i|")
+    ax.set_ylabel("frames")
+    ax.legend(fontsize=8)
     return _save(fig, path)

@@ -437,6 +437,13 @@ class Potential:
             return 0.0
         return float(sum(values)) if self.config.readout == "sum" else float(values[0])
 
+    def without_shifts(self, params):
+        """The params with every species shift e_Z set to 0 (a copy; ``params`` is unchanged), so
+        predictions carry only what the network computes from the input features."""
+        module = nnx.clone(self.module(params))     # merged modules share the caller's variables
+        module.shifts[...] = jnp.zeros_like(module.shifts[...])
+        return nnx.split(module)[1]
+
     @_per_frame
     def predict(self, params, graph: Graph) -> jax.Array:
         """The model's prediction: energy or gap (eV), () per frame; the dipole μ (e·Å), (3,) per frame.

@@ -48,7 +48,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from tqdm.auto import tqdm
 
 from jaxrel.graph import Graph, edge_vectors
@@ -114,14 +113,6 @@ def potential_cluster_energy(potential) -> ClusterEnergy:
         return potential.energy(params, cluster_graph(positions, species, cutoff, cell))
 
     return energy
-
-
-def _without_shifts(potential, params):
-    """The params with every species shift e_Z set to 0: cluster energies then carry only
-    the interaction, and no float32 rounding of large shifts enters the inversion."""
-    module = nnx.clone(potential.module(params))     # merged modules share the caller's variables
-    module.shifts[...] = jnp.zeros_like(module.shifts[...])
-    return nnx.split(module)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("cluster_energy", "with_forces"))
@@ -241,7 +232,7 @@ def many_body_expansion(potential, params, frames, *, max_order: int = 3, forces
     index = np.arange(n_frames) if frame_index is None else np.asarray(frame_index, np.int64).reshape(-1)
     if len(index) != n_frames:
         raise ValueError(f"frame_index has {len(index)} entries for {n_frames} frames: give one number per frame")
-    energy_fn, net_params = potential_cluster_energy(potential), _without_shifts(potential, params)
+    energy_fn, net_params = potential_cluster_energy(potential), potential.without_shifts(params)
     results = [frame_expansion(energy_fn, net_params, graph.frame(k), max_order, forces=forces,
                                chunk_size=chunk_size, frame=int(index[k]))
                for k in tqdm(range(n_frames), desc="many-body expansion", unit="frame", disable=not progress)]

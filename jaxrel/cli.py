@@ -50,13 +50,15 @@ def _multiplicities(text: str) -> tuple[int, ...]:
 
 def _evaluate(args) -> dict:
     from jaxrel.checkpoint import load_checkpoint
-    from jaxrel.data import read_frames
+    from jaxrel.data import read_molecules
     from jaxrel.train import evaluate, labelled_graphs
 
     potential, params, _ = load_checkpoint(args.model)
-    frames = read_frames(args.data)
-    potential.check_species(frames.species)
-    graph, targets = labelled_graphs(frames, potential.config.cutoff, potential.config.dtype)
+    molecules = read_molecules(args.data)
+    for frames in molecules:
+        potential.check_species(frames.species)
+    graph, targets = labelled_graphs(molecules, potential.config.cutoff, potential.config.dtype,
+                                     target=potential.config.target)
     return {"test": evaluate(potential, params, graph, targets)}
 
 
@@ -87,7 +89,7 @@ def _explain(args) -> dict:
 
     rules = RuleSet(args.rule, epsilon=args.epsilon, gamma=args.gamma)
     models = load_models(args.model)
-    frames = read_frames(args.data)
+    frames = read_frames(args.data, molecule=args.molecule)
     index = _frame_range(args.frames, len(frames))
     for potential, _, _ in models:
         potential.check_species(frames.species)
@@ -170,18 +172,27 @@ def _report(args) -> dict:
     from jaxrel.relevance import Explanation
 
     explanation = Explanation.load(args.explained)
-    if args.data is not None:
+    data = args.data or explanation.metadata.get("data")
+    frames = None
+    if args.data is not None or args.model is not None:
         from jaxrel.data import read_frames
 
-        frames = read_frames(args.data)
+        frames = read_frames(data, molecule=explanation.metadata.get("molecule"))
         if not np.array_equal(frames.species, explanation.species):
-            raise ValueError(f"--data {args.data} holds species {_species_text(frames.species)} but "
+            raise ValueError(f"--data {data} holds species {_species_text(frames.species)} but "
                              f"{args.explained} explains {_species_text(explanation.species)}; give the data "
                              "that was explained")
+    chemistry = None
+    if args.model is not None:
+        from jaxrel.analysis.chemistry import chemical_insight
+        from jaxrel.checkpoint import load_checkpoint
+
+        potential, params, _ = load_checkpoint(args.model)
+        chemistry = chemical_insight(potential, params, frames.select(explanation.frames))
     out = prepare_output(args.explained if args.out is None else args.out, FILES, overwrite=args.overwrite)
-    result = build_report(explanation, out, data_path=args.data)
+    result = build_report(explanation, out, data_path=args.data, chemistry=chemistry, chempot=args.chempot)
     return {"report": str(result["report"]), "figures": len(result["figures"]),
-            "recovery": result["recovery"] is not None}
+            "recovery": result["recovery"] is not None, "chemistry": chemistry is not None}
 
 
 def _species_text(species) -> str:
@@ -196,6 +207,8 @@ def _quickstart(args) -> dict:
                           overwrite=args.overwrite)
 
 
+MOLECULE_HELP = ("the molecule to read from a file of several (a 'jaxrel generate xtb' file), by its name, "
+                 "e.g. CH3CH2OH")
 OVERWRITE_HELP = "replace an earlier run at --out (its files only; without this flag an existing run is refused)"
 
 
@@ -255,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="errors of a trained model on labelled frames (JSON)")
     p.add_argument("--model", required=True, help="model folder written by train (OUT/model)")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="labelled frames; every molecule of a 'jaxrel generate xtb' file")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("explain", help="exact n-body relevance decomposition (GNN-LRP) of frames")
@@ -263,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(train --seeds: OUT; the mean and spread over seeds go to --out, "
                                                   "each seed to --out/seed<s>)")
     p.add_argument("--data", required=True)
+    p.add_argument("--molecule", help=MOLECULE_HELP)
     p.add_argument("--frames", help="index or start:stop[:step] slice (default: all)")
     p.add_argument("--order", type=int, default=3, help="highest body order (≤ interactions + 1)")
     p.add_argument("--rule", choices=["gi", "lrp-eps", "lrp-gamma"], default="gi")
@@ -324,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for report.html and figures/ (default: --explained)")
     p.add_argument("--data", help="data file (default: the one recorded by explain); a "
                                   "'jaxrel generate noble-gas' file adds the recovery of the exact terms")
+    p.add_argument("--model", help="the explained model's folder: adds the chemistry section (locality of the "
+                                   "relevance; per-atom quantities against the data's partial charges, e.g. of "
+                                   "'jaxrel generate xtb')")
+    p.add_argument("--chempot", help="a folder written by 'jaxrel chempot': adds its figures")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_report)
 

@@ -228,3 +228,20 @@ def test_chemical_insight_of_several_molecules(tmp_path, xtb_file):
     np.testing.assert_allclose(alone.values, insight.values[:18], atol=1e-13)
     paths = write_chemical_insight(insight, tmp_path)
     assert sorted(paths) == ["charges", "json", "locality"] and all(p.stat().st_size > 0 for p in paths.values())
+
+
+def test_cli_explains_one_molecule_and_reports_its_chemistry(tmp_path, xtb_file):
+    from jaxrel.cli import main
+
+    assert main(["train", "--data", str(xtb_file), "--out", str(tmp_path / "run"), "--target", "dipole",
+                 "--cutoff", "3", "--features", "8", "--interactions", "1", "--rbf", "6", "--epochs", "1",
+                 "--batch-size", "4", "--validation", "3", "--quiet"]) == 0
+    model_dir = str(tmp_path / "run" / "model")
+    assert main(["evaluate", "--model", model_dir, "--data", str(xtb_file)]) == 0
+    assert main(["explain", "--model", model_dir, "--data", str(xtb_file), "--molecule", "CH3OH", "--frames", "0:2",
+                 "--order", "2", "--out", str(tmp_path / "explained"), "--quiet"]) == 0
+    assert main(["report", "--explained", str(tmp_path / "explained"), "--model", model_dir]) == 0
+    page = (tmp_path / "explained" / "report.html").read_text()
+    assert "<h2>Chemistry</h2>" in page and "latent charge q_i (e) against the reference partial charges" in page
+    assert (tmp_path / "explained" / "figures" / "chemistry.json").is_file()
+    assert main(["explain", "--model", model_dir, "--data", str(xtb_file), "--out", str(tmp_path / "all")]) == 2

@@ -162,9 +162,13 @@ def test_save_then_read_molecules_gives_every_molecule_without_padding(data, tmp
     assert np.array_equal(np.concatenate([m.energies for m in molecules]), data.energies)
     with np.load(path) as stored:
         assert str(stored["xtb_method"]) == "GFN2-xTB" and "eV/Å" in str(stored["units"])
-    with pytest.raises(ValueError, match=r"holds 5 molecules, not frames of one system; read it "
-                                         r"with jaxrel.data.read_molecules, or pass it to 'jaxrel train'"):
+    with pytest.raises(ValueError, match=r"holds 5 molecules, not frames of one system; pick one with "
+                                         r"--molecule NAME .* pass the file to 'jaxrel train'"):
         read_frames(path)
+    picked = read_frames(path, molecule=molecules[2].name)
+    assert picked.name == molecules[2].name and np.array_equal(picked.positions, molecules[2].positions)
+    with pytest.raises(ValueError, match=r"--molecule C60 is not a molecule of .* \(molecules: "):
+        read_frames(path, molecule="C60")
 
 
 def test_read_frames_reads_an_xtb_file_of_one_molecule(data, tmp_path):

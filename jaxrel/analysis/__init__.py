@@ -7,6 +7,8 @@ Layers, each importing only the ones above it:
 * :mod:`~jaxrel.analysis.plots`: every figure (matplotlib, PNG), shared by all writers;
 * :mod:`~jaxrel.analysis.embeddings`: a model's learned element embeddings, projected (PCA),
   scored against the periodic table and plotted;
+* :mod:`~jaxrel.analysis.chemistry`: locality of a prediction's relevance and per-atom quantities
+  against partial charges;
 * :mod:`~jaxrel.analysis.write` and :mod:`~jaxrel.analysis.recovery`: run analyses, write
   CSV/JSON/PNG and return the results in memory;
 * :mod:`~jaxrel.analysis.faithfulness`: the audit (MBE beside GNN-LRP and the exact terms);
@@ -17,19 +19,21 @@ from jaxrel.analysis.numerics import (Agreement, BinnedCurve, Share, Shares, Str
                                       atomwise_relevance, body_order_shares, interaction_strength,
                                       pair_relevance_curve, per_species_agreement, rdf_label, relevance_locality,
                                       species_label, triplet_angle_profile, triplet_distance_profile)
+from jaxrel.analysis.chemistry import ChemicalInsight, chemical_insight, start_atom_relevance, write_chemical_insight
 from jaxrel.analysis.embeddings import (EmbeddingPCA, EmbeddingSeeds, SeedSpread, element_embeddings,
                                         embedding_pca, embedding_pca_seeds, group_and_period,
                                         plot_element_embeddings)
 from jaxrel.analysis.faithfulness import (Audit, PhysicsScore, compare_decompositions, run_audit,
                                           run_ensemble_audit, write_audit)
 from jaxrel.analysis.plots import (plot_atomwise, plot_body_order_shares, plot_decay, plot_force_components,
-                                   plot_method_totals, plot_pair_curves, plot_pair_curves_by_method,
-                                   plot_terms_against, plot_triplet_profiles)
+                                   plot_locality, plot_method_totals, plot_pair_curves, plot_pair_curves_by_method,
+                                   plot_per_species, plot_terms_against, plot_triplet_profiles)
 from jaxrel.analysis.recovery import Recovery, TermRecovery, compare_with_ground_truth, is_ground_truth, write_recovery
 from jaxrel.analysis.report import build_report
 from jaxrel.analysis.write import Written, write_analysis
 
-__all__ = ["EmbeddingPCA", "EmbeddingSeeds", "SeedSpread", "element_embeddings", "embedding_pca",
+__all__ = ["ChemicalInsight", "chemical_insight", "start_atom_relevance", "write_chemical_insight",
+           "plot_locality", "plot_per_species", "EmbeddingPCA", "EmbeddingSeeds", "SeedSpread", "element_embeddings", "embedding_pca",
            "embedding_pca_seeds", "group_and_period", "plot_element_embeddings",
            "Audit", "PhysicsScore", "compare_decompositions", "run_audit", "run_ensemble_audit", "write_audit",
            "plot_force_components", "plot_method_totals", "plot_pair_curves_by_method", "plot_terms_against",

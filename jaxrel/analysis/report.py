@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxrel.analysis.chemistry import ChemicalInsight, write_chemical_insight
 from jaxrel.analysis.faithfulness import Audit, write_audit
 from jaxrel.analysis.numerics import Shares, Strength, species_label
 from jaxrel.analysis.recovery import Recovery, compare_with_ground_truth, load_ground_truth, write_recovery
@@ -63,6 +64,12 @@ FIGURE_CAPTIONS = {
     "audit_terms_order4": "Every 4-atom set: each GNN-LRP rule's 4-body term against the MBE term.",
     "audit_body_order_forces": "Force components split by body order with the model's MBE "
                                "(F_i = Σ_n F_i⁽ⁿ⁾ + higher orders).",
+    "chemistry_locality": "How many of a frame's atoms carry 90 % of Σ|R_i|, R_i the relevance of the walks "
+                          "that start at atom i, as a share of the frame's atoms.",
+    "chemistry_charges": "The model's per-atom quantity against the reference partial charges, by element.",
+    "chempot_slice": "Local chemical potential Φ(r) = E_probe(r) − E_probe(∞) on the plane of the molecule "
+                     "(Schütt et al. 2018, arXiv:1806.10349).",
+    "chempot_iso": "Isosurfaces of the local chemical potential Φ(r).",
     "recovery_atomwise": "The model's atomwise energies E_i against the exact local energies "
                          "(½ Σ own pairs + ⅓ Σ own triplets; Uhlig, Tovey, Holm 2024, arXiv:2403.00377).",
 }
@@ -209,7 +216,8 @@ def _faithfulness_section(audit: Audit | None, written: Written | None) -> str:
 
 def build_report(explanation, out_dir=None, *, data_path=None, title: str | None = None,
                  notes: list[str] | None = None, names: dict[int, str] | None = None,
-                 audit: Audit | None = None, progress: bool = False) -> dict:
+                 audit: Audit | None = None, chemistry: ChemicalInsight | None = None, chempot=None,
+                 progress: bool = False) -> dict:
     """Analyse an explanation and write ``report.html`` with its figures.
 
     Args:
@@ -226,6 +234,12 @@ def build_report(explanation, out_dir=None, *, data_path=None, title: str | None
         audit: a :class:`~jaxrel.analysis.faithfulness.Audit` of the same frames; its verdict,
             tables and figures make the "Faithfulness" section (without one the section says
             that the relevance was not audited).
+        chemistry: a :class:`~jaxrel.analysis.chemistry.ChemicalInsight` of the model on the same
+            frames: the "Chemistry" section (locality of the relevance, per-atom quantities against
+            partial charges per element).
+        chempot: a folder written by ``jaxrel chempot``
+            (:func:`~jaxrel.analysis.chempot.write_chemical_potential`): its figures and summary go
+            into the "Chemistry" section.
         progress: show a progress bar over the three steps (analyses, recovery, page).
 
     Returns:
@@ -242,6 +256,7 @@ def build_report(explanation, out_dir=None, *, data_path=None, title: str | None
         explanation = Explanation.load(explanation)
     if out_dir is None:
         raise ValueError("build_report needs out_dir for an explanation in memory: say where report.html goes")
+    chempot_sources = _chempot_figures(chempot) if chempot is not None else []
     bar = tqdm(total=3, desc="report", unit="step", disable=not progress)
     out = Path(out_dir)
     figures = out / "figures"
@@ -257,6 +272,8 @@ def build_report(explanation, out_dir=None, *, data_path=None, title: str | None
 
     meta = explanation.metadata
     title = title or f"jaxrel report: {Path(meta.get('model') or 'model').parent.name or 'model'}"
+    config = meta.get("model_config") or {}
+    target = config.get("target", "energy")
     meta_rows = [["model", meta.get("model")], ["data", meta.get("data")], ["rule", meta.get("rule")],
                  ["highest body order", explanation.max_order], ["frames explained", len(explanation.frames)],
                  ["mean seconds per frame", float(np.mean(explanation.seconds))],
@@ -265,6 +282,11 @@ def build_report(explanation, out_dir=None, *, data_path=None, title: str | None
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes or []]
+    if target != "energy":
+        unit = "e·Å, the dipole's magnitude" if target == "dipole" else "eV"
+        parts.append(f"<p class='note'>This model predicts the {html.escape(target)} with the "
+                     f"{html.escape(config.get('readout', 'sum'))} readout: below, “energy” and every relevance "
+                     f"mean that prediction and its parts ({unit}).</p>")
     parts.append(_table(["", ""], meta_rows))
     audit_written = write_audit(audit, figures) if audit is not None else None
     parts.append(_faithfulness_section(audit, audit_written))
@@ -282,8 +304,13 @@ def build_report(explanation, out_dir=None, *, data_path=None, title: str | None
                      + _figure(fig["triplet_distances"], "triplet_distances"))
     if recovery is not None:
         parts.append(_recovery_section(recovery, recovery_written.figures))
+    chemistry_written = write_chemical_insight(chemistry, figures) if chemistry is not None else None
+    chempot_copies = [atomic_write(figures / p.name, p.read_bytes()) for p in chempot_sources]
+    if chemistry is not None or chempot_copies:
+        parts.append(_chemistry_section(chemistry, chemistry_written, chempot_copies, names))
     files = {**written.files, **(recovery_written.files if recovery_written else {}),
-             **(audit_written.files if audit_written else {})}
+             **(audit_written.files if audit_written else {}),
+             **({"chemistry": chemistry_written["json"]} if chemistry_written else {})}
     links = sorted(p.name for p in files.values())
     parts.append("<h2>Data files</h2><ul>" + "".join(
         f"<li><a href='figures/{html.escape(p)}'>{html.escape(p)}</a></li>" for p in links) + "</ul>")
@@ -293,9 +320,48 @@ def build_report(explanation, out_dir=None, *, data_path=None, title: str | None
     bar.update()
     bar.close()
     all_figures = {**fig, **(recovery_written.figures if recovery_written else {}),
-                   **(audit_written.figures if audit_written else {})}
+                   **(audit_written.figures if audit_written else {}),
+                   **({f"chemistry_{k}": p for k, p in chemistry_written.items() if k != "json"}
+                      if chemistry_written else {})}
     return {"report": report, "analysis": analysis, "recovery": recovery, "figures": all_figures,
             "audit": audit_written.results["audit"] if audit_written else None}
+
+
+def _chemistry_section(chemistry: ChemicalInsight | None, written: dict | None, chempot: list[Path],
+                       names) -> str:
+    """Locality and per-element charges of :func:`~jaxrel.analysis.chemistry.chemical_insight`, and the
+    figures of a ``jaxrel chempot`` folder."""
+    parts = ["<h2>Chemistry</h2>"]
+    if chemistry is not None:
+        share = chemistry.share_of_atoms
+        parts.append(f"<p>The model predicts the <b>{html.escape(chemistry.target)}</b> with the "
+                     f"<b>{html.escape(chemistry.readout)}</b> readout. On average {chemistry.atoms_for_share.mean():.1f} "
+                     f"of {chemistry.n_atoms.mean():.1f} atoms ({100 * share.mean():.0f} %, median "
+                     f"{100 * np.median(share):.0f} %) carry 90 % of the relevance Σ|R_i| (R_i: the walks that "
+                     "start at atom i; Esders et al. 2025, arXiv:2410.13833).</p>")
+        parts.append(_figure(written["locality"], "chemistry_locality"))
+        if chemistry.charges:
+            rows = [[species_label((z,), names), a.n, a.pearson_r, a.mae if chemistry.target == "dipole" else None]
+                    for z, a in chemistry.charges.items()]
+            parts.append(f"<h3>{html.escape(chemistry.quantity)} against the reference partial charges</h3>"
+                         + _table(["element", "atoms", "Pearson r", "MAE (e)"], rows)
+                         + _figure(written["charges"], "chemistry_charges"))
+        elif chemistry.reference is None:
+            parts.append("<p class='note'>The data has no partial charges to compare with.</p>")
+    if chempot:
+        parts.append("<h3>Local chemical potential</h3>"
+                     + "".join(_figure(p, "chempot_" + p.stem.rsplit("_", 1)[1]) for p in chempot))
+    return "".join(parts)
+
+
+def _chempot_figures(folder) -> list[Path]:
+    """The slice and isosurface PNGs of a ``jaxrel chempot`` folder (``ValueError`` if it has none)."""
+    folder = Path(folder)
+    found = sorted(folder.glob("chempot_*_slice.png")) + sorted(folder.glob("chempot_*_iso.png"))
+    if not found:
+        raise ValueError(f"--chempot {folder} holds no chempot_*_slice.png or chempot_*_iso.png; give a folder "
+                         "written by 'jaxrel chempot'")
+    return found
 
 
 def _recovery(explanation: Explanation, data_path) -> Recovery | None:

@@ -229,7 +229,7 @@ class Frames:
                        cell=pick(self.cell) if per_frame_cell else self.cell)
 
 
-def read_frames(path, format: str | None = None) -> Frames:
+def read_frames(path, format: str | None = None, molecule: str | None = None) -> Frames:
     """Read all frames of one system from ``path`` in Å, eV and eV/Å.
 
     Args:
@@ -238,6 +238,8 @@ def read_frames(path, format: str | None = None) -> Frames:
         format: None to detect it from the file; ``"rmd17"``, ``"water_dft"``, ``"cg"``,
             ``"noble_gas"`` or ``"xtb"`` to force an npz layout; any other string is passed
             to ``ase.io.read`` as its ``format``.
+        molecule: the name of one molecule of a file that holds several (an ``xtb`` file,
+            e.g. ``"CH3CH2OH"``): its frames are read; None for a file of one system.
 
     Returns:
         :class:`Frames`. Energies/forces are None when the file holds none (CG data
@@ -246,13 +248,24 @@ def read_frames(path, format: str | None = None) -> Frames:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: as :func:`read_molecules`, and when an ``xtb`` file holds more than
-            one molecule (read it with :func:`read_molecules`).
+        ValueError: as :func:`read_molecules`; when an ``xtb`` file holds more than one
+            molecule and ``molecule`` names none (read it with :func:`read_molecules`); when
+            ``molecule`` is not in the file, or holds frames of more than one composition.
     """
     molecules = read_molecules(path, format)
+    if molecule is not None:
+        picked = [f for f in molecules if f.name == molecule]
+        if len(picked) != 1:
+            names = sorted({f.name for f in molecules if f.name is not None})
+            listed = ", ".join(names[:12]) + (", …" if len(names) > 12 else "")
+            problem = "is not a molecule of" if not picked else "has frames of several compositions in"
+            raise ValueError(f"--molecule {molecule} {problem} {os.fspath(path)} (molecules: {listed or 'none named'}); "
+                             "give one of those names")
+        return picked[0]
     if len(molecules) > 1:
         raise ValueError(f"{os.fspath(path)} holds {len(molecules)} molecules, not frames of one "
-                         "system; read it with jaxrel.data.read_molecules, or pass it to "
+                         "system; pick one with --molecule NAME (read_frames(path, molecule=NAME)), "
+                         "read them all with jaxrel.data.read_molecules, or pass the file to "
                          "'jaxrel train', which reads every molecule")
     return molecules[0]
 

@@ -335,7 +335,8 @@ def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | s
                                             for n in range(1, max_order + 1)}, add=True)
     prior = np.asarray(_prior_energy(potential, params, graph), np.float64)
     metadata = {"method": "gnn-lrp", "model": None if model_path is None else str(model_path),
-                "data": None if data_path is None else str(data_path), "rule": rules.name,
+                "data": None if data_path is None else str(data_path), "molecule": getattr(frames, "name", None),
+                "rule": rules.name,
                 "epsilon": rules.epsilon, "gamma": rules.gamma if not isinstance(rules.gamma, tuple) else list(rules.gamma),
                 "model_config": potential.config.to_dict(), "jaxrel_version": __version__}
     return Explanation(

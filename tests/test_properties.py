@@ -245,3 +245,17 @@ def test_cli_explains_one_molecule_and_reports_its_chemistry(tmp_path, xtb_file)
     assert "<h2>Chemistry</h2>" in page and "latent charge q_i (e) against the reference partial charges" in page
     assert (tmp_path / "explained" / "figures" / "chemistry.json").is_file()
     assert main(["explain", "--model", model_dir, "--data", str(xtb_file), "--out", str(tmp_path / "all")]) == 2
+
+
+def test_chemical_insight_leaves_out_frames_without_relevance():
+    from jaxrel.analysis.chemistry import chemical_insight
+    from jaxrel.data import Frames
+
+    potential, params = model("dipole")
+    # H2: both atoms alike, so both latent charges, μ and every relevance are exactly 0
+    h2 = Frames(species=[1, 1], positions=[[[0, 0, 0], [0, 0, 0.74]]], energies=None, forces=None, cell=None,
+                source="H2")
+    water = Frames(species=WATER[0], positions=WATER[1][None], energies=None, forces=None, cell=None, source="w")
+    insight = chemical_insight(potential, params, [h2, water])
+    assert insight.has_relevance.tolist() == [False, True] and insight.share_of_atoms.shape == (1,)
+    assert insight.summary()["locality"]["n_frames_without_relevance"] == 1

@@ -46,8 +46,12 @@ class ChemicalInsight(NamedTuple):
 
         target, readout   str             | the model's (:class:`~jaxrel.models.ModelConfig`)
         quantity          str             | what ``values`` is, with its unit
-        atoms_for_share   (F,) int64      | atoms that carry 90 % of Σ|R_i| in each frame
+        atoms_for_share   (F,) int64      | atoms that carry 90 % of Σ|R_i| in each frame; 0 where
+                                            no atom has relevance (see ``has_relevance``)
         n_atoms           (F,) int64      | real atoms of each frame
+        has_relevance     (F,) bool       | False where every R_i is 0: a prediction that no input
+                                            feature carries, e.g. the zero dipole of a single atom
+                                            or of H₂ (symmetry makes both latent charges 0)
         species           (A,) int64      | atomic number of every real atom, frame after frame
         values            (A,) float64    | the model's per-atom quantity (module docstring)
         reference         (A,) float64 or None | reference partial charges, e; None without them
@@ -59,6 +63,7 @@ class ChemicalInsight(NamedTuple):
     quantity: str
     atoms_for_share: np.ndarray
     n_atoms: np.ndarray
+    has_relevance: np.ndarray
     species: np.ndarray
     values: np.ndarray
     reference: np.ndarray | None
@@ -66,15 +71,17 @@ class ChemicalInsight(NamedTuple):
 
     @property
     def share_of_atoms(self) -> np.ndarray:
-        """(F,) the share of each frame's atoms that carry 90 % of its relevance."""
-        return self.atoms_for_share / self.n_atoms
+        """(F',) the share of the atoms that carry 90 % of the relevance, for the F' frames with
+        relevance (``has_relevance``)."""
+        return (self.atoms_for_share / self.n_atoms)[self.has_relevance]
 
     def summary(self) -> dict:
-        """JSON types: locality (mean, median, per frame) and the per-element agreement."""
+        """JSON types: locality (mean, median, per frame with relevance) and the per-element agreement."""
         share = self.share_of_atoms
         return {"target": self.target, "readout": self.readout, "quantity": self.quantity,
                 "locality": {"fraction_of_relevance": FRACTION, "n_frames": int(len(share)),
-                             "atoms_mean": float(self.atoms_for_share.mean()),
+                             "n_frames_without_relevance": int((~self.has_relevance).sum()),
+                             "atoms_mean": float(self.atoms_for_share[self.has_relevance].mean()),
                              "share_of_atoms_mean": float(share.mean()),
                              "share_of_atoms_median": float(np.median(share)), "share_per_frame": share.tolist()},
                 "charges": {species_label((z,)): a._asdict() for z, a in self.charges.items()}}
@@ -118,7 +125,7 @@ def chemical_insight(potential, params, frames, rules: str = "gi") -> ChemicalIn
         :class:`ChemicalInsight`.
     Raises:
         ValueError: a model without message-passing layers, species the model does not know,
-            or bad frames (as :func:`jaxrel.graph.build_graphs`).
+            bad frames (as :func:`jaxrel.graph.build_graphs`), or non-finite relevance.
     """
     if not potential.has_layers:
         raise ValueError(f"the {potential.config.model} model has no message-passing layers for GNN-LRP; "
@@ -131,7 +138,12 @@ def chemical_insight(potential, params, frames, rules: str = "gi") -> ChemicalIn
     mask = np.asarray(graph.node_mask)
     relevance = np.asarray(start_atom_relevance(potential, params, graph, rules), np.float64)
     values = np.asarray(_per_atom_values(potential, params, graph), np.float64)[mask]
-    k = np.array([relevance_locality(r[m], FRACTION) for r, m in zip(relevance, mask)], np.int64)
+    if not np.isfinite(relevance).all():
+        f = int(np.flatnonzero(~np.isfinite(relevance).all(1))[0])
+        raise ValueError(f"frame {f} has non-finite relevance; check the model's params and the frame's positions")
+    has_relevance = np.abs(relevance).sum(1) > 0
+    k = np.array([relevance_locality(r[m], FRACTION) if keep else 0
+                  for r, m, keep in zip(relevance, mask, has_relevance)], np.int64)
     species = np.asarray(graph.species)[mask].astype(np.int64)
     reference = (np.concatenate([f.charges.reshape(-1) for f in parts])
                  if all(f.charges is not None for f in parts) else None)
@@ -139,7 +151,8 @@ def chemical_insight(potential, params, frames, rules: str = "gi") -> ChemicalIn
                 f"atomwise {potential.config.target} contribution without species shifts (eV)")
     return ChemicalInsight(
         target=potential.config.target, readout=potential.config.readout, quantity=quantity,
-        atoms_for_share=k, n_atoms=mask.sum(1).astype(np.int64), species=species, values=values,
+        atoms_for_share=k, n_atoms=mask.sum(1).astype(np.int64), has_relevance=has_relevance,
+        species=species, values=values,
         reference=reference,
         charges={} if reference is None else per_species_agreement(values, reference, species))
 
@@ -151,13 +164,15 @@ def write_chemical_insight(result: ChemicalInsight, out, label: str | None = Non
     Args:
         label: the model's name in the locality figure (default: target and readout).
     Returns:
-        {"json" | "locality" | "charges": path}.
+        {"json" | "locality" | "charges": path}; no locality figure when no frame has relevance.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = label or f"{result.target} ({result.readout})"
-    paths = {"locality": plot_locality({name: result.share_of_atoms}, out / "chemistry_locality.png",
-                                       fraction=FRACTION)}
+    paths = {}
+    if result.has_relevance.any():
+        paths["locality"] = plot_locality({name: result.share_of_atoms}, out / "chemistry_locality.png",
+                                          fraction=FRACTION)
     if result.reference is not None:
         paths["charges"] = plot_per_species(result.values, result.reference, result.species,
                                             out / "chemistry_charges.png", xlabel="reference partial charge (e)",

@@ -333,13 +333,17 @@ def _chemistry_section(chemistry: ChemicalInsight | None, written: dict | None, 
     figures of a ``jaxrel chempot`` folder."""
     parts = ["<h2>Chemistry</h2>"]
     if chemistry is not None:
-        share = chemistry.share_of_atoms
+        share, keep = chemistry.share_of_atoms, chemistry.has_relevance
+        locality = ("No explained frame has relevance on any atom (e.g. the zero dipole of a symmetric "
+                    "molecule), so locality is undefined." if not keep.any() else
+                    f"On average {chemistry.atoms_for_share[keep].mean():.1f} of {chemistry.n_atoms[keep].mean():.1f} "
+                    f"atoms ({100 * share.mean():.0f} %, median {100 * np.median(share):.0f} %) carry 90 % of the "
+                    "relevance Σ|R_i| (R_i: the walks that start at atom i; Esders et al. 2025, arXiv:2410.13833)"
+                    + (f"; {int((~keep).sum())} frames without any relevance are left out." if not keep.all() else "."))
         parts.append(f"<p>The model predicts the <b>{html.escape(chemistry.target)}</b> with the "
-                     f"<b>{html.escape(chemistry.readout)}</b> readout. On average {chemistry.atoms_for_share.mean():.1f} "
-                     f"of {chemistry.n_atoms.mean():.1f} atoms ({100 * share.mean():.0f} %, median "
-                     f"{100 * np.median(share):.0f} %) carry 90 % of the relevance Σ|R_i| (R_i: the walks that "
-                     "start at atom i; Esders et al. 2025, arXiv:2410.13833).</p>")
-        parts.append(_figure(written["locality"], "chemistry_locality"))
+                     f"<b>{html.escape(chemistry.readout)}</b> readout. {html.escape(locality)}</p>")
+        if keep.any():
+            parts.append(_figure(written["locality"], "chemistry_locality"))
         if chemistry.charges:
             rows = [[species_label((z,), names), a.n, a.pearson_r, a.mae if chemistry.target == "dipole" else None]
                     for z, a in chemistry.charges.items()]

@@ -1,4 +1,4 @@
-"""Command line: ``jaxrel train | evaluate | explain | audit | report | md | generate | quickstart``.
+"""Command line: ``jaxrel train | evaluate | explain | audit | report | md | generate | chempot | quickstart``.
 
 Units everywhere: lengths Å, energies eV, forces eV/Å, temperatures K, times fs.
 """

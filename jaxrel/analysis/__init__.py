@@ -8,7 +8,8 @@ Layers, each importing only the ones above it:
 * :mod:`~jaxrel.analysis.embeddings`: a model's learned element embeddings, projected (PCA),
   scored against the periodic table and plotted;
 * :mod:`~jaxrel.analysis.chemistry`: locality of a prediction's relevance and per-atom quantities
-  against partial charges;
+  against partial charges; :mod:`~jaxrel.analysis.chempot`: the local chemical potential around a
+  molecule (cube file and figures);
 * :mod:`~jaxrel.analysis.write` and :mod:`~jaxrel.analysis.recovery`: run analyses, write
   CSV/JSON/PNG and return the results in memory;
 * :mod:`~jaxrel.analysis.faithfulness`: the audit (MBE beside GNN-LRP and the exact terms);
@@ -19,6 +20,7 @@ from jaxrel.analysis.numerics import (Agreement, BinnedCurve, Share, Shares, Str
                                       atomwise_relevance, body_order_shares, interaction_strength,
                                       pair_relevance_curve, per_species_agreement, rdf_label, relevance_locality,
                                       species_label, triplet_angle_profile, triplet_distance_profile)
+from jaxrel.analysis.chempot import ChemicalPotential, local_chemical_potential, write_chemical_potential, write_cube
 from jaxrel.analysis.chemistry import ChemicalInsight, chemical_insight, start_atom_relevance, write_chemical_insight
 from jaxrel.analysis.embeddings import (EmbeddingPCA, EmbeddingSeeds, SeedSpread, element_embeddings,
                                         embedding_pca, embedding_pca_seeds, group_and_period,
@@ -32,7 +34,8 @@ from jaxrel.analysis.recovery import Recovery, TermRecovery, compare_with_ground
 from jaxrel.analysis.report import build_report
 from jaxrel.analysis.write import Written, write_analysis
 
-__all__ = ["ChemicalInsight", "chemical_insight", "start_atom_relevance", "write_chemical_insight",
+__all__ = ["ChemicalPotential", "local_chemical_potential", "write_chemical_potential", "write_cube",
+           "ChemicalInsight", "chemical_insight", "start_atom_relevance", "write_chemical_insight",
            "plot_locality", "plot_per_species", "EmbeddingPCA", "EmbeddingSeeds", "SeedSpread", "element_embeddings", "embedding_pca",
            "embedding_pca_seeds", "group_and_period", "plot_element_embeddings",
            "Audit", "PhysicsScore", "compare_decompositions", "run_audit", "run_ensemble_audit", "write_audit",

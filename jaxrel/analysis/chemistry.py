@@ -7,7 +7,7 @@ Two analyses of one model on labelled frames (e.g. G2 molecules from ``jaxrel ge
   extensive properties): the GNN-LRP relevance of each atom, R_i = the summed relevance of the
   walks that start at atom i, which is gradient × input at the embedding under the rule set,
   Σ_features h⁽⁰⁾_i ⊙ ∂P/∂h⁽⁰⁾_i (Schnake et al. 2022, arXiv:2006.03589); then how many atoms
-  carry 90 % of Σ_i |R_i| (:func:`~jaxrel.analysis.numerics.relevance_locality`), as a share of
+  carry 90 % of ``Σ_i abs(R_i)`` (:func:`~jaxrel.analysis.numerics.relevance_locality`), as a share of
   the molecule's atoms. An extensive energy spreads over all atoms; a localised intensive
   property may rest on a few.
 * **Charges** (Schütt et al. 2018, arXiv:1806.10349): the model's per-atom quantity against the
@@ -36,7 +36,7 @@ from jaxrel.files import write_json
 from jaxrel.graph import Graph, build_graphs, concatenate_graphs
 
 FRACTION = 0.9
-"""The share of Σ|R_i| whose carriers :func:`chemical_insight` counts."""
+"""The share of ``Σ_i abs(R_i)`` whose carriers :func:`chemical_insight` counts."""
 
 
 class ChemicalInsight(NamedTuple):

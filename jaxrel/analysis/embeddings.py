@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from scipy.stats import ConstantInputWarning, spearmanr
 
 from jaxrel.analysis.numerics import species_label
-from jaxrel.analysis.plots import _save
+from jaxrel.analysis.plots import save_figure
 from jaxrel.graph import Graph
 from jaxrel.models import Potential
 
@@ -274,4 +274,4 @@ def plot_element_embeddings(result: EmbeddingPCA, path, *, title: str = "") -> P
                        for c in range(2))
     ax.set_title(f"{title}\n{scores}" if title else scores, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    return _save(fig, path)
+    return save_figure(fig, path)

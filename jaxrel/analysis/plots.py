@@ -20,7 +20,8 @@ from jaxrel.files import atomic_write
 FIGURE_DPI = 150
 
 
-def _save(fig: Figure, path) -> Path:
+def save_figure(fig: Figure, path) -> Path:
+    """Write ``fig`` as a PNG at ``FIGURE_DPI`` to ``path`` (folders created), atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     png = io.BytesIO()
@@ -71,7 +72,7 @@ def plot_pair_curves(curves: dict[tuple[int, int], BinnedCurve], path, *, rdf: d
         labels.append(f"dotted: {rdf_label}")
     ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.18 if twin else 1.02, 1.0))
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_triplet_profiles(profiles: dict[tuple[int, int, int], BinnedCurve], path, *,
@@ -103,7 +104,7 @@ def plot_triplet_profiles(profiles: dict[tuple[int, int, int], BinnedCurve], pat
     ax.set_xlabel(xlabel)
     ax.set_ylabel("mean 3-body relevance R₃ (eV)")
     ax.legend(fontsize=8, title="end–centre–end", title_fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_body_order_shares(shares: Shares, path) -> Path:
@@ -130,7 +131,7 @@ def plot_body_order_shares(shares: Shares, path) -> Path:
         ax.set_xticks(range(len(names)), [f"{k}-body" if k != "residual" else "residual" for k in names])
         ax.axhline(0.0, color="0.6", lw=0.8)
         ax.set_title(f"{title}, {len(shares.frames)} frames", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_decay(strength: dict[tuple[int, int], Strength], path, *,
@@ -159,7 +160,7 @@ def plot_decay(strength: dict[tuple[int, int], Strength], path, *,
     ax.set_xlabel("distance r (Å)")
     ax.set_ylabel("mean |R₂| (eV)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_atomwise(predicted: np.ndarray, reference: np.ndarray, path, *, xlabel: str, ylabel: str) -> Path:
@@ -195,7 +196,7 @@ def plot_atomwise(predicted: np.ndarray, reference: np.ndarray, path, *, xlabel:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_method_totals(totals: dict[str, dict[str, np.ndarray]], path, *,
@@ -221,7 +222,7 @@ def plot_method_totals(totals: dict[str, dict[str, np.ndarray]], path, *,
     ax.set_ylabel("total per frame (eV)")
     ax.legend(fontsize=8)
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_terms_against(pairs: dict[str, tuple[np.ndarray, np.ndarray]], path, *, xlabel: str, ylabel: str) -> Path:
@@ -239,7 +240,7 @@ def plot_terms_against(pairs: dict[str, tuple[np.ndarray, np.ndarray]], path, *,
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8, markerscale=4)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pair_curves_by_method(curves: dict[str, dict[tuple[int, int], BinnedCurve]],
@@ -262,7 +263,7 @@ def plot_pair_curves_by_method(curves: dict[str, dict[tuple[int, int], BinnedCur
         ax.set_ylabel("mean 2-body term (eV)")
         ax.set_title(species_label(key, names))
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_force_components(parts: dict[str, np.ndarray], path, *, title: str = "") -> Path:
@@ -281,7 +282,7 @@ def plot_force_components(parts: dict[str, np.ndarray], path, *, title: str = ""
     ax.set_ylabel("count")
     ax.legend(fontsize=8)
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_species(values: np.ndarray, reference: np.ndarray, species: np.ndarray, path, *,
@@ -306,7 +307,7 @@ def plot_per_species(values: np.ndarray, reference: np.ndarray, species: np.ndar
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, ncol=2, markerscale=3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_locality(shares: dict[str, np.ndarray], path, *, fraction: float = 0.9) -> Path:
@@ -327,4 +328,4 @@ def plot_locality(shares: dict[str, np.ndarray], path, *, fraction: float = 0.9)
     ax.set_xlabel(f"share of the atoms that carry {100 * fraction:.0f} % of Σ|R_i|")
     ax.set_ylabel("frames")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -394,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "probe atom on a grid around a molecule, minus the isolated probe's")
     p.add_argument("--model", required=True, help="model folder written by train (OUT/model)")
     p.add_argument("--data", required=True, help="frames of a molecule in free space (no periodic cell)")
+    p.add_argument("--molecule", help=MOLECULE_HELP)
     p.add_argument("--frame", type=int, default=0, help="the frame to probe (default 0)")
     p.add_argument("--probe", required=True, help="probe species: element symbol or atomic number (e.g. H or 1); "
                                                   "one the model was trained on")
@@ -425,7 +426,7 @@ def _chempot(args) -> dict:
     from jaxrel.files import prepare_output
 
     potential, params, _ = load_checkpoint(args.model)
-    frames = read_frames(args.data)
+    frames = read_frames(args.data, molecule=args.molecule)
     if not 0 <= args.frame < len(frames):
         raise ValueError(f"--frame {args.frame} is not a frame of the {len(frames)} in {args.data}; "
                          f"use 0..{len(frames) - 1}")
@@ -436,7 +437,8 @@ def _chempot(args) -> dict:
     out = prepare_output(args.out, FILES, overwrite=args.overwrite)
     result = local_chemical_potential(potential, params, positions, frames.species, args.probe, **options)
     paths = write_chemical_potential(result, out, {"model": str(args.model), "data": str(args.data),
-                                                   "frame": args.frame, "padding_A": args.padding})
+                                                   "molecule": args.molecule, "frame": args.frame,
+                                                   "padding_A": args.padding})
     summary = result.summary()
     return {"out": str(out), "probe": summary["probe_symbol"], "grid_shape": summary["grid_shape"],
             "seconds": round(result.seconds, 2), "min_phi_eV": summary["min"]["phi_eV"],

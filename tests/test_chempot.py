@@ -178,3 +178,12 @@ def test_cli_writes_cube_figures_and_json_and_refuses_an_existing_folder(model, 
     assert "probe species 54 (Xe)" in capsys.readouterr().err
     assert (out / "chempot_H.cube").is_file()
     assert main([*argv("H"), "--overwrite"]) == 0
+
+
+def test_a_gap_model_has_no_chemical_potential():
+    from jaxrel.models import ModelConfig, Potential
+
+    potential, params = Potential.create(ModelConfig("schnet", (1, 8), cutoff=3.0, n_features=8, n_interactions=1,
+                                                     n_rbf=6, dtype="float64", target="gap", readout="mean"))
+    with pytest.raises(ValueError, match="the local chemical potential needs a model of the energy"):
+        local_chemical_potential(potential, params, np.array([[0.0, 0, 0], [0.96, 0, 0]]), [8, 1], "H")

@@ -211,6 +211,7 @@ def check_inputs(potential, positions, species, probe: int | str, *,
         ValueError: as :func:`local_chemical_potential`, except for the checks of the computed Φ
             and of close atoms (done when the molecule's graph is built).
     """
+    potential.check_energy_target("the local chemical potential")
     if cell is not None:
         raise ValueError("the frame is periodic (it has a cell), but the local chemical potential is defined for "
                          "a molecule in free space; give a free-space frame (no cell)")
@@ -268,8 +269,8 @@ def local_chemical_potential(potential, params, positions, species, probe: int |
         :class:`ChemicalPotential`, values in float64 (computed in the model's dtype).
 
     Raises:
-        ValueError: a cell; a probe or molecule species the model was not trained on (the
-            message names it and the known species); an unknown probe symbol; positions that
+        ValueError: a model that does not predict energies (gap, dipole); a cell; a probe or
+            molecule species the model was not trained on (the message names it and the known species); an unknown probe symbol; positions that
             are not (n_atoms, 3), non-finite, or atoms closer than 0.1 Å; a non-positive
             spacing or chunk_size, a negative padding, a grid of more than
             :data:`MAX_GRID_POINTS` points; Φ not finite at some grid point (the message

@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from jaxrel.analysis.numerics import (BinnedCurve, Shares, Strength, atomwise_comparison, per_species_agreement,
@@ -299,10 +300,13 @@ def plot_per_species(values: np.ndarray, reference: np.ndarray, species: np.ndar
     agreement = per_species_agreement(values, reference, species)
     fig = Figure(figsize=(5.6, 4.6))
     ax = fig.add_subplot()
-    for i, z in enumerate(np.unique(species)):
+    elements = np.unique(species)
+    palette = colormaps["tab20"] if len(elements) > 10 else None     # distinct colours beyond ten
+    for i, z in enumerate(elements):
         keep = species == z
         r = f", r = {agreement[int(z)].pearson_r:.2f}" if int(z) in agreement else ""
-        ax.plot(reference[keep], values[keep], ".", ms=3, alpha=0.6, color=_colour(i),
+        ax.plot(reference[keep], values[keep], ".", ms=3, alpha=0.6,
+                color=palette(i % 20) if palette else _colour(i),
                 label=f"{species_label((int(z),))} ({int(keep.sum())}{r})")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -1162,6 +1162,7 @@ def run_md(model, data, out, *, frame: int = 0, ensemble: str = "nve", temperatu
                       log_every=log_every, friction_per_ps=friction_per_ps, tau_fs=tau_fs, seed=seed,
                       max_temperature_K=max_temperature_K)
     potential, params, _ = load_checkpoint(model)
+    potential.check_energy_target("molecular dynamics")     # before --out is touched
     frames = read_frames(data)
     if not 0 <= frame < len(frames):
         raise ValueError(f"--frame {frame} is not a frame of the {len(frames)} in {data}; "

@@ -259,3 +259,17 @@ def test_chemical_insight_leaves_out_frames_without_relevance():
     insight = chemical_insight(potential, params, [h2, water])
     assert insight.has_relevance.tolist() == [False, True] and insight.share_of_atoms.shape == (1,)
     assert insight.summary()["locality"]["n_frames_without_relevance"] == 1
+
+
+def test_md_of_a_gap_model_is_refused_before_the_output_folder_is_touched(tmp_path):
+    from jaxrel.checkpoint import save_checkpoint
+    from jaxrel.md import run_md
+
+    potential, params = model("gap", "mean", shifts={1: 0.3, 7: 0.3, 8: 0.3})
+    save_checkpoint(tmp_path / "model", potential, params)
+    out = tmp_path / "md"
+    out.mkdir()
+    (out / "stability.json").write_text("{}")                      # an earlier run
+    with pytest.raises(ValueError, match="molecular dynamics needs a model of the energy"):
+        run_md(tmp_path / "model", tmp_path / "data.npz", out, overwrite=True)
+    assert (out / "stability.json").read_text() == "{}"

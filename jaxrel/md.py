@@ -601,7 +601,8 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
             ``n_steps`` already or has no stable replica; a model that does not predict energies
             (a gap or dipole model).
     """
-    potential.check_energy_target("molecular dynamics")
+    if getattr(potential.config, "target", "energy") != "energy":    # duck-typed potentials predict energies
+        potential.check_energy_target("molecular dynamics")
     dtype = _model_dtype(potential)
     pos, species, cell, masses_amu, vel = _checked_inputs(potential, positions, species, cell,
                                                           masses, velocities)

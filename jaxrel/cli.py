@@ -118,7 +118,7 @@ def _audit(args) -> dict:
     from jaxrel.files import prepare_output
 
     models = load_models(args.model)
-    frames = read_frames(args.data)
+    frames = read_frames(args.data, molecule=args.molecule)
     index = _frame_range(args.frames, len(frames))
     for potential, _, _ in models:
         potential.check_species(frames.species)
@@ -293,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(train --seeds: OUT) whose mean and spread over seeds are audited")
     p.add_argument("--data", required=True, help="frames to audit; a 'jaxrel generate noble-gas' file adds "
                                                  "the comparison with the exact pair and triplet energies")
+    p.add_argument("--molecule", help=MOLECULE_HELP)
     p.add_argument("--frames", default="0:8", help="index or start:stop[:step] slice (default 0:8)")
     p.add_argument("--order", type=int, default=3, help="highest body order (default 3; MBE ≤ 4, "
                                                           "GNN-LRP ≤ interactions + 1)")
@@ -359,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder written by train (OUT/model)")
     p.add_argument("--data", required=True, help="frames of the system: the start frame and the "
                                                  "reference for h(r) / RDF and bond lengths")
+    p.add_argument("--molecule", help=MOLECULE_HELP)
     p.add_argument("--frame", type=int, default=0, help="start frame of every replica (default 0)")
     p.add_argument("--ensemble", choices=["nve", "nvt-nh", "nvt-langevin"], default="nve",
                    help="velocity Verlet, Nosé–Hoover chain or Langevin (BAOAB)")
@@ -411,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _md(args) -> dict:
     from jaxrel.md import parse_masses, run_md
 
-    return run_md(args.model, args.data, args.out, frame=args.frame, ensemble=args.ensemble,
+    return run_md(args.model, args.data, args.out, molecule=args.molecule, frame=args.frame, ensemble=args.ensemble,
                   temperature_K=args.temperature, dt_fs=args.dt, time_ps=args.time, replicas=args.replicas,
                   log_every=args.log_every, friction_per_ps=args.friction, tau_fs=args.tau, seed=args.seed,
                   max_temperature_K=args.max_temperature,

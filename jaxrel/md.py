@@ -1072,7 +1072,7 @@ def _mass_record(species: np.ndarray, masses: np.ndarray) -> dict[str, float] | 
     return masses.tolist()
 
 
-def run_md(model, data, out, *, frame: int = 0, ensemble: str = "nve", temperature_K: float = 300.0,
+def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ensemble: str = "nve", temperature_K: float = 300.0,
            dt_fs: float = 0.5, time_ps: float = 10.0, replicas: int = 1, log_every: int = 100,
            friction_per_ps: float = 1.0, tau_fs: float = 100.0, seed: int = 0,
            max_temperature_K: float | None = None, masses=None, overwrite: bool = False,
@@ -1107,7 +1107,8 @@ def run_md(model, data, out, *, frame: int = 0, ensemble: str = "nve", temperatu
         data: frames of the system (any format :func:`jaxrel.data.read_frames` reads): the
             start frame and the reference of the stability report.
         out: the run folder.
-        frame: index of the start frame in ``data``.
+        molecule: the molecule to simulate from a file of several (``jaxrel generate xtb``), by name.
+        frame: index of the start frame in ``data`` (of that molecule).
         ensemble, temperature_K, dt_fs, log_every, friction_per_ps, tau_fs, seed, max_temperature_K: as in
             :class:`MDConfig` (K, fs, 1/ps, fs, K).
         time_ps: simulated time of the whole run, ps (n_steps = round(1000 time_ps / dt_fs)).
@@ -1164,7 +1165,7 @@ def run_md(model, data, out, *, frame: int = 0, ensemble: str = "nve", temperatu
                       max_temperature_K=max_temperature_K)
     potential, params, _ = load_checkpoint(model)
     potential.check_energy_target("molecular dynamics")     # before --out is touched
-    frames = read_frames(data)
+    frames = read_frames(data, molecule=molecule)
     if not 0 <= frame < len(frames):
         raise ValueError(f"--frame {frame} is not a frame of the {len(frames)} in {data}; "
                          f"use 0..{len(frames) - 1}")
@@ -1175,7 +1176,7 @@ def run_md(model, data, out, *, frame: int = 0, ensemble: str = "nve", temperatu
     _, species, cell, masses_amu, _ = _checked_inputs(potential, start_positions, frames.species, cell, masses_amu,
                                                       None)
     settings = {"model": str(model), "params_sha256": params_digest((Path(model) / "params.msgpack").read_bytes()),
-                "data": str(data), "data_sha256": _frames_digest(frames), "frame": frame, "n_replicas": replicas,
+                "data": str(data), "molecule": molecule, "data_sha256": _frames_digest(frames), "frame": frame, "n_replicas": replicas,
                 "masses_amu": _mass_record(species, masses_amu),
                 "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "n_steps"}}
     state, metadata = None, {"files": None, "blocks": 0, "write_seconds": 0.0}

@@ -194,6 +194,12 @@ def test_property_models_train_on_several_molecules_and_reload(tmp_path, xtb_fil
     np.testing.assert_allclose(potential.predict(params, graph)[6:12], alone, rtol=1e-5, atol=1e-6)
     if target == "energy":
         np.testing.assert_array_equal(targets.forces[6:12, 4:], 0.0)      # NH3 padded from 4 to 6 atoms
+        from jaxrel.md import MDState, run_md
+
+        report = run_md(tmp_path / "run" / "model", xtb_file, tmp_path / "md", molecule="NH3", time_ps=0.005,
+                        dt_fs=0.5, log_every=5, progress=False)
+        assert report["simulated_time_ps"] > 0
+        assert MDState.load(tmp_path / "md" / "restart.npz")[1]["settings"]["molecule"] == "NH3"
 
 
 def test_gap_training_needs_gap_labels(tmp_path, dimers):

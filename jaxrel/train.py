@@ -16,6 +16,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -174,11 +175,10 @@ def evaluate(potential: Potential, params, graph: Graph, targets: Targets,
     n = graph.positions.shape[0]
     if potential.config.target != "energy":
         return _evaluate_property(potential, params, graph, targets, batch_size)
-    fn = jax.jit(potential.energy_and_forces)
     e_err, f_err = [], []
     for idx, w in _index_batches(n, min(batch_size, n), None):
         g, t = _batch(graph, targets, jnp.asarray(idx))
-        energy, forces = fn(params, g)
+        energy, forces = _energy_and_forces(potential, params, g)
         keep = w > 0
         if t.energies is not None:
             e_err.append(np.asarray(energy - t.energies)[keep])
@@ -195,14 +195,25 @@ def evaluate(potential: Potential, params, graph: Graph, targets: Targets,
     return out
 
 
+@partial(jax.jit, static_argnames="potential")
+def _energy_and_forces(potential: Potential, params, graph: Graph):
+    """One compiled energy + forces per model and size class, shared by every :func:`evaluate` call."""
+    return potential.energy_and_forces(params, graph)
+
+
+@partial(jax.jit, static_argnames="potential")
+def _predict(potential: Potential, params, graph: Graph):
+    """One compiled prediction per model and size class (gap and dipole models)."""
+    return potential.predict(params, graph)
+
+
 def _evaluate_property(potential: Potential, params, graph: Graph, targets: Targets, batch_size: int) -> dict:
     """:func:`evaluate` of a gap or dipole model (keys in its docstring)."""
     n = graph.positions.shape[0]
-    fn = jax.jit(potential.predict)
     errors = []
     for idx, w in _index_batches(n, min(batch_size, n), None):
         g, t = _batch(graph, targets, jnp.asarray(idx))
-        errors.append(np.asarray(fn(params, g) - t.properties, np.float64)[w > 0])
+        errors.append(np.asarray(_predict(potential, params, g) - t.properties, np.float64)[w > 0])
     err = np.concatenate(errors).reshape(n, -1)
     target = potential.config.target
     _, unit, factor = PROPERTY_LABELS[target]

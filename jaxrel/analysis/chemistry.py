@@ -34,6 +34,8 @@ from jaxrel.analysis.numerics import Agreement, per_species_agreement, relevance
 from jaxrel.analysis.plots import plot_locality, plot_per_species
 from jaxrel.files import write_json
 from jaxrel.graph import Graph, build_graphs, concatenate_graphs
+from jaxrel.nn import resolve_rules
+from jaxrel.relevance.backward import masked_relevance
 
 FRACTION = 0.9
 """The share of ``Σ_i abs(R_i)`` whose carriers :func:`chemical_insight` counts."""
@@ -96,11 +98,16 @@ def start_atom_relevance(potential, params, graph: Graph, rules: str = "gi") -> 
         rules: a rule-set name.
     Returns:
         (n_atoms,) or (n_frames, n_atoms), in the prediction's unit; 0 for padded atoms.
+
+    It is the unmasked gradient × input of the relevance engine
+    (:func:`jaxrel.relevance.backward.masked_relevance` with no masks).
     """
+    no_masks = jnp.zeros((0, potential.config.n_interactions + 1, 1), jnp.int32)
+
     def one(g):
-        h0 = potential.embedding(params, g)
-        grad = jax.grad(lambda h: potential.atomwise_energy_from_embedding(params, h, g, rules).sum())(h0)
-        return jnp.where(g.node_mask, jnp.sum(grad * h0, -1), 0.0)
+        _, _, gradient_x_input = masked_relevance(potential, params, g, no_masks, resolve_rules(rules),
+                                                  all_start=True)
+        return jnp.where(g.node_mask, gradient_x_input, 0.0)
 
     return jax.vmap(one)(graph) if graph.is_batched else one(graph)
 

@@ -41,14 +41,14 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 from train_rmd17 import machine  # noqa: E402
 
-from jaxrel.analysis import (chemical_insight, embedding_pca_seeds, per_species_agreement,  # noqa: E402
+from jaxrel.analysis import (atomwise_comparison, chemical_insight, embedding_pca_seeds,  # noqa: E402
                              plot_element_embeddings, plot_locality, plot_per_species)
 from jaxrel.analysis.chempot import local_chemical_potential, write_chemical_potential  # noqa: E402
 from jaxrel.analysis.numerics import species_label  # noqa: E402
 from jaxrel.checkpoint import load_models  # noqa: E402
-from jaxrel.data import generate_xtb, read_molecules, save_xtb, split_frames  # noqa: E402
+from jaxrel.data import generate_xtb, read_molecules, save_xtb  # noqa: E402
 from jaxrel.files import write_json  # noqa: E402
-from jaxrel.train import select_frames, train_potential  # noqa: E402
+from jaxrel.train import select_frames, train_potential, training_split  # noqa: E402
 
 RUNS = ROOT / "runs" / "chemical_insight"
 OUT = ROOT / "benchmarks" / "results"
@@ -92,11 +92,10 @@ def train(name: str, data: Path, args) -> dict:
 
 
 def test_frames(data: Path):
-    """The test frames of train_potential's split (same seed and default sizes)."""
+    """The test frames of train_potential's split (training_split with the same seed and default sizes)."""
     molecules = read_molecules(data)
     n = sum(len(f) for f in molecules)
-    split = split_frames(n, round(0.8 * n), max(1, round(0.05 * n)), None, seed=ARCH["seed"])
-    return select_frames(molecules, split.test)
+    return select_frames(molecules, training_split(n, seed=ARCH["seed"]).test)
 
 
 def insight(models: dict, frames) -> dict:
@@ -108,9 +107,8 @@ def insight(models: dict, frames) -> dict:
         plot_per_species(r.values, r.reference, r.species, FIGURES / f"charges_{name}.png",
                          xlabel="GFN2-xTB partial charge (e)", ylabel=r.quantity)
     out = {name: r.summary() for name, r in results.items()}
-    everything = per_species_agreement(results["dipole"].values, results["dipole"].reference,
-                                       np.zeros_like(results["dipole"].species))[0]
-    out["dipole"]["charges_all_atoms"] = everything._asdict()
+    dipole = results["dipole"]
+    out["dipole"]["charges_all_atoms"] = atomwise_comparison(dipole.values, dipole.reference)._asdict()
     return out
 
 

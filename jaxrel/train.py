@@ -418,6 +418,24 @@ def labelled_graphs(frames, cutoff: float, dtype: str = "float32",
     return graph.astype(dtype), Targets(stack("energies"), stack("forces", pad_atoms=True))
 
 
+def training_split(n_frames: int, n_train: int | None = None, n_validation: int | None = None, seed: int = 0,
+                   separate_test: bool = False):
+    """The split :func:`train_potential` uses (:func:`jaxrel.data.split_frames` with its defaults):
+    validation 5 % (at least 1) unless ``n_validation`` is given; training 80 % unless ``n_train`` is
+    given, or all but validation when the test frames come from a separate file
+    (``separate_test``, and the test split is then empty); test the rest.
+
+    Raises:
+        ValueError: as :func:`jaxrel.data.split_frames`.
+    """
+    from jaxrel.data import split_frames
+
+    n_val = n_validation if n_validation is not None else max(1, round(0.05 * n_frames))
+    if separate_test:
+        return split_frames(n_frames, n_train if n_train is not None else n_frames - n_val, n_val, 0, seed=seed)
+    return split_frames(n_frames, n_train if n_train is not None else round(0.8 * n_frames), n_val, None, seed=seed)
+
+
 def select_frames(molecules: list, indices) -> list:
     """The frames of a list of :class:`~jaxrel.data.Frames` picked by global frame indices.
 
@@ -484,7 +502,7 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
     the current step: the best model of the finished epochs is evaluated and saved with
     ``"interrupted": true`` in its training metrics.
 
-    Frames are split deterministically (``seed``): validation 5 % (at least 1) unless
+    Frames are split deterministically (``seed``, :func:`training_split`): validation 5 % (at least 1) unless
     ``n_validation`` is given; training 80 % (or all but validation with ``test_data``);
     the test set is the rest, or ``test_data``. Per-species energy shifts are a least-squares
     fit to the training energies (``species_energies="fit"``) or zero (``"zero"``, e.g. for
@@ -537,7 +555,7 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
         FloatingPointError: training diverged, or the trained model's errors are not finite.
         KeyboardInterrupt: Ctrl-C before the first epoch finished (nothing is saved).
     """
-    from jaxrel.data import read_molecules, split_frames
+    from jaxrel.data import read_molecules
 
     if species_energies not in ("fit", "zero"):
         raise ValueError(f"species_energies is {species_energies!r}; use 'fit' or 'zero'")
@@ -563,7 +581,7 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
             raise ValueError(f"{lacking.source} has no {label} but {option} is {weight}; {fix}, or give data "
                              f"with {label}")
     n = sum(len(f) for f in molecules)
-    n_val = n_validation if n_validation is not None else max(1, round(0.05 * n))
+    split = training_split(n, n_train, n_validation, seed, separate_test=bool(test_data))
     species = sorted(set(np.concatenate([f.species for f in molecules]).tolist()))
     if test_data:
         test_molecules = read_molecules(test_data)
@@ -571,9 +589,7 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
         if unknown:
             raise ValueError(f"--test-data {test_data} has species {unknown} that the training data {data} lacks; "
                              "the model could not learn them, so test on frames of the trained species")
-        split = split_frames(n, n_train if n_train is not None else n - n_val, n_val, 0, seed=seed)
     else:
-        split = split_frames(n, n_train if n_train is not None else round(0.8 * n), n_val, None, seed=seed)
         test_molecules = select_frames(molecules, split.test)
     n_test = sum(len(f) for f in test_molecules)
     if len(split.train) == 0 or len(split.validation) == 0 or n_test == 0:

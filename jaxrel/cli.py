@@ -429,11 +429,7 @@ def _chempot(args) -> dict:
 
     potential, params, _ = load_checkpoint(args.model)
     frames = read_frames(args.data, molecule=args.molecule)
-    if not 0 <= args.frame < len(frames):
-        raise ValueError(f"--frame {args.frame} is not a frame of the {len(frames)} in {args.data}; "
-                         f"use 0..{len(frames) - 1}")
-    positions = frames.positions[args.frame]
-    cell = frames.cell if frames.cell is None or frames.cell.ndim == 2 else frames.cell[args.frame]
+    positions, cell = frames.geometry(args.frame)
     options = {"spacing": args.spacing, "padding": args.padding, "cell": cell}
     check_inputs(potential, positions, frames.species, args.probe, **options)
     out = prepare_output(args.out, FILES, overwrite=args.overwrite)

@@ -1166,11 +1166,8 @@ def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ens
     potential, params, _ = load_checkpoint(model)
     potential.check_energy_target("molecular dynamics")     # before --out is touched
     frames = read_frames(data, molecule=molecule)
-    if not 0 <= frame < len(frames):
-        raise ValueError(f"--frame {frame} is not a frame of the {len(frames)} in {data}; "
-                         f"use 0..{len(frames) - 1}")
-    cell = frames.cell if frames.cell is None or frames.cell.ndim == 2 else frames.cell[frame]
-    start_positions = np.broadcast_to(frames.positions[frame], (replicas, *frames.positions.shape[1:]))
+    positions, cell = frames.geometry(frame)
+    start_positions = np.broadcast_to(positions, (replicas, *positions.shape))
     masses_amu = resolve_masses(frames.species, masses, data_masses=frames.masses,
                                 coarse_grained=frames.coarse_grained, source=str(data))
     _, species, cell, masses_amu, _ = _checked_inputs(potential, start_positions, frames.species, cell, masses_amu,

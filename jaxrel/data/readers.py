@@ -207,6 +207,18 @@ class Frames:
         """Number of frames."""
         return self.positions.shape[0]
 
+    def geometry(self, frame: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Positions (n_atoms, 3) Å and cell ((3, 3) Å, or None in free space) of one frame.
+
+        Raises:
+            ValueError: ``frame`` is not an index of these frames (the message names ``--frame``).
+        """
+        if not 0 <= frame < len(self):
+            raise ValueError(f"--frame {frame} is not a frame of the {len(self)} in {self.source}; "
+                             f"use 0..{len(self) - 1}")
+        cell = self.cell if self.cell is None or self.cell.ndim == 2 else self.cell[frame]
+        return self.positions[frame], cell
+
     def select(self, index) -> "Frames":
         """The frames picked by ``index``: a slice, an int index array or a bool mask.
 

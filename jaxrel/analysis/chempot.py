@@ -45,6 +45,7 @@ from matplotlib.figure import Figure
 from scipy.ndimage import map_coordinates
 from scipy.spatial import cKDTree
 
+from jaxrel.analysis.numerics import species_label
 from jaxrel.analysis.plots import save_figure
 from jaxrel.files import atomic_write, write_json
 from jaxrel.graph import Graph, build_graphs
@@ -107,16 +108,11 @@ class ChemicalPotential(NamedTuple):
             return {"phi_eV": float(flat[k]), "position_A": point.tolist(), "nearest_atom": int(atom),
                     "nearest_species": int(self.species[atom]), "distance_A": float(distance)}
 
-        return {"probe": self.probe, "probe_symbol": element_label(self.probe),
+        return {"probe": self.probe, "probe_symbol": species_label((self.probe,)),
                 "grid_shape": list(self.values.shape), "n_points": int(self.values.size),
                 "origin_A": self.origin.tolist(), "spacing_A": self.spacing.tolist(),
                 "cutoff_A": self.cutoff, "seconds": self.seconds,
                 "min": extreme(int(np.argmin(flat))), "max": extreme(int(np.argmax(flat)))}
-
-
-def element_label(z: int) -> str:
-    """Element symbol of atomic number ``z`` ('H' for 1); the number as text beyond the table."""
-    return ase.data.chemical_symbols[z] if 0 < z < len(ase.data.chemical_symbols) else str(z)
 
 
 def probe_number(probe: int | str) -> int:
@@ -217,7 +213,7 @@ def check_inputs(potential, positions, species, probe: int | str, *,
                          "a molecule in free space; give a free-space frame (no cell)")
     z_probe = probe_number(probe)
     if z_probe not in potential.config.species:
-        raise ValueError(f"the probe species {z_probe} ({element_label(z_probe)}) is not one the model was trained "
+        raise ValueError(f"the probe species {z_probe} ({species_label((z_probe,))}) is not one the model was trained "
                          f"on (known: {', '.join(map(str, potential.config.species))}); choose one of those")
     positions = np.asarray(positions, np.float64)
     if positions.ndim != 2 or positions.shape[-1] != 3 or len(positions) != len(np.asarray(species)):
@@ -306,7 +302,7 @@ def local_chemical_potential(potential, params, positions, species, probe: int |
         distance, atom = cKDTree(positions).query(point)
         raise ValueError(f"Φ is not finite at {int(bad.sum())} of {n_points} grid points, the first at "
                          f"{np.round(point, 3).tolist()} Å, {distance:.3g} Å from atom {atom} "
-                         f"({element_label(int(species[atom]))}); the model diverges there (a probe on an atom "
+                         f"({species_label((int(species[atom]),))}); the model diverges there (a probe on an atom "
                          "with a repulsive prior, or non-finite params): shift the grid off the atoms with another "
                          "spacing or padding, or check the model")
     return ChemicalPotential(origin=origin, spacing=step, values=values, probe=z_probe, positions=positions,
@@ -326,7 +322,7 @@ def write_cube(result: ChemicalPotential, path) -> Path:
     """
     atoms = ase.Atoms(numbers=result.species, positions=result.positions,
                       cell=np.diag(result.spacing * np.array(result.values.shape)))
-    comment = f"jaxrel local chemical potential of a {element_label(result.probe)} probe, values in eV"
+    comment = f"jaxrel local chemical potential of a {species_label((result.probe,))} probe, values in eV"
     with tempfile.TemporaryFile("w+") as text:    # ASE writes the values with ndarray.tofile: a real file
         ase_write_cube(text, atoms, data=result.values, origin=result.origin, comment=comment)
         text.seek(0)
@@ -423,13 +419,13 @@ def plot_plane_slice(result: ChemicalPotential, path) -> Path:
     for (a, b), h, z in zip(cut.atoms, cut.height, result.species):
         near = abs(h) < 0.5
         ax.plot(a, b, "o", ms=9, mfc="k" if near else "none", mec="k")
-        ax.annotate(element_label(int(z)), (a, b), xytext=(5, 5), textcoords="offset points", fontsize=9)
+        ax.annotate(species_label((int(z),)), (a, b), xytext=(5, 5), textcoords="offset points", fontsize=9)
     ax.set_aspect("equal")
     ax.set_xlabel("first principal axis (Å)")
     ax.set_ylabel("second principal axis (Å)")
-    ax.set_title(f"local chemical potential, {element_label(result.probe)} probe, plane of the molecule",
+    ax.set_title(f"local chemical potential, {species_label((result.probe,))} probe, plane of the molecule",
                  fontsize=10)
-    fig.colorbar(mesh, ax=ax, extend="both", label=f"Φ_{element_label(result.probe)} (eV)")
+    fig.colorbar(mesh, ax=ax, extend="both", label=f"Φ_{species_label((result.probe,))} (eV)")
     return save_figure(fig, path)
 
 
@@ -490,17 +486,17 @@ def plot_isosurfaces(result: ChemicalPotential, path, *, levels: tuple[float, ..
                    label=f"Φ = {level:.3g} eV ({len(shell)} grid points)")
     ax.scatter(*result.positions.T, s=90, c="k", depthshade=False)
     for position, z in zip(result.positions, result.species):
-        ax.text(*(position + 0.25), element_label(int(z)), fontsize=9)
+        ax.text(*(position + 0.25), species_label((int(z),)), fontsize=9)
     upper = result.origin + result.spacing * (np.array(result.values.shape) - 1)
     for d, name in enumerate("xyz"):
         getattr(ax, f"set_{name}lim")(result.origin[d], upper[d])
         getattr(ax, f"set_{name}label")(f"{name} (Å)")
     ax.set_box_aspect(upper - result.origin)
     ax.legend(fontsize=8, loc="upper left", markerscale=4)
-    ax.set_title(f"local chemical potential, {element_label(result.probe)} probe: iso-surfaces (grid points)",
+    ax.set_title(f"local chemical potential, {species_label((result.probe,))} probe: iso-surfaces (grid points)",
                  fontsize=10)
     fig.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.6, pad=0.12, ticks=sorted({0.0, *levels}),
-                 label=f"iso-value Φ_{element_label(result.probe)} (eV)")
+                 label=f"iso-value Φ_{species_label((result.probe,))} (eV)")
     return save_figure(fig, path)
 
 
@@ -520,7 +516,7 @@ def write_chemical_potential(result: ChemicalPotential, out, metadata: dict | No
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"chempot_{element_label(result.probe)}"
+    stem = f"chempot_{species_label((result.probe,))}"
     paths = {"cube": write_cube(result, out / f"{stem}.cube"),
              "slice": plot_plane_slice(result, out / f"{stem}_slice.png"),
              "iso": plot_isosurfaces(result, out / f"{stem}_iso.png")}

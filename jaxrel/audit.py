@@ -3,7 +3,8 @@ saved as explanation folders, ``audit.json`` and ``report.html`` with a Faithful
 
 Output folder::
 
-    audit.json                  per method body-order totals, residuals, agreement, verdict
+    audit.json                  per method body-order totals, residuals, agreement, verdict, and
+                                the stability diagnostics (:mod:`jaxrel.analysis.diagnostics`)
                                 (:meth:`jaxrel.analysis.faithfulness.Audit.summary`; the report
                                 links its copy in figures/)
     mbe/, gi/, lrp-eps/, …      one explanation folder per method (nbody.npz + summary.json); for an
@@ -21,7 +22,7 @@ import numpy as np
 
 from jaxrel.analysis import build_report
 from jaxrel.analysis.report import FILES as REPORT_FILES
-from jaxrel.analysis.faithfulness import AUDIT_RULES, Audit, run_audit, run_ensemble_audit
+from jaxrel.analysis.faithfulness import AUDIT_RULES, Audit, run_audit, run_ensemble_audit, with_diagnostics
 from jaxrel.analysis.recovery import load_ground_truth
 from jaxrel.files import write_json
 
@@ -37,7 +38,7 @@ def default_rules(potential) -> tuple[str, ...]:
 
 def audit_to_folder(models: list[tuple], frames, out, *, seeds: list[int] | None = None, frame_index=None,
                     model_path=None, data_path=None, max_order: int = 3, rules=None, forces: bool = True,
-                    title: str | None = None, notes: list[str] | None = None,
+                    title: str | None = None, notes: list[str] | None = None, reference=None,
                     progress: bool = False) -> tuple[Audit, Path]:
     """Run the audit of one model or an ensemble and write its folder (module docstring).
 
@@ -51,6 +52,9 @@ def audit_to_folder(models: list[tuple], frames, out, *, seeds: list[int] | None
         seeds: the seeds of an ensemble's members (default 0, 1, …).
         rules: GNN-LRP rule names (default :func:`default_rules`).
         title, notes: of the report.
+        reference: the frames (:class:`jaxrel.data.Frames`) whose shortest distance per species pair
+            the stability diagnostics' dimer curves are held against, e.g. every frame of the data
+            file or the training set (default ``frames``; :func:`~jaxrel.analysis.faithfulness.with_diagnostics`).
         progress: progress bars.
 
     Returns:
@@ -72,6 +76,8 @@ def audit_to_folder(models: list[tuple], frames, out, *, seeds: list[int] | None
     else:
         audit = run_ensemble_audit(models, list(range(len(models))) if seeds is None else seeds, frames,
                                    truth=truth, **options)
+    reference = frames if reference is None else reference
+    audit = with_diagnostics(audit, models, reference.positions, reference.species, reference.cell)
     for name, explanation in audit.explanations.items():
         explanation.save(out / name)
     main = audit.explanations[rules[0] if rules else "mbe"]

@@ -127,9 +127,11 @@ def _audit(args) -> dict:
     audit, report = audit_to_folder([(p, q) for p, q, _ in models], frames.select(np.array(index)), args.out,
                                     seeds=[m.get("seed", 0) for _, _, m in models], frame_index=index,
                                     model_path=args.model, data_path=args.data, max_order=args.order,
-                                    rules=rules, forces=not args.no_forces, progress=not args.quiet)
+                                    rules=rules, forces=not args.no_forces, reference=frames,
+                                    progress=not args.quiet)
     return {"out": str(args.out), "report": str(report), "methods": list(audit.explanations),
-            "seeds": audit.seeds, "verdict": audit.verdict}
+            "seeds": audit.seeds, "verdict": audit.verdict,
+            "stability_diagnostics": audit.diagnostics.values}
 
 
 def _generate(args) -> dict:
@@ -382,10 +384,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="K: a replica hotter than this is unstable (default 10 × --temperature); in nve and "
                         "nvt-nh only if its conserved energy also moved by more than half the kinetic energy "
                         "it gained")
+    p.add_argument("--explain-every", type=int, metavar="K",
+                   help="steps: every K steps (a positive multiple of --log-every; the initial frame included) "
+                        "explain every stable replica by GNN-LRP (GI rule, Schnake et al. 2022): its body-order "
+                        "totals and residual (eV) go to explain.csv, its top pair terms (Å, eV) to "
+                        "explain_pairs.csv, and their change before each replica's instability to stability.json "
+                        "(default: no explanation; it costs MD speed, see benchmarks/md_explain_overhead.py)")
+    p.add_argument("--explain-order", type=int, metavar="N",
+                   help="with --explain-every: the highest body order explained, 1 to n_interactions + 1; higher "
+                        "orders are summed in the residual (default 2)")
+    p.add_argument("--explain-top", type=int, metavar="M",
+                   help="with --explain-every: 2-body terms of largest |relevance| (eV) kept per record and "
+                        "replica (default 5)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True,
                    help="folder for trajectory.extxyz (replica 0; trajectory_r<k>.extxyz for replica k), "
-                        "thermo.csv, restart.npz and stability.json, written after every block")
+                        "thermo.csv, restart.npz and stability.json (and explain.csv, explain_pairs.csv), "
+                        "written after every block")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--restart", action="store_true",
                    help="continue the run in --out (interrupted, or finished and given a longer --time) from "
@@ -413,11 +428,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _md(args) -> dict:
     from jaxrel.md import parse_masses, run_md
 
+    explain = {k: v for k, v in (("explain_order", args.explain_order), ("explain_top", args.explain_top))
+               if v is not None}
+    if explain and args.explain_every is None:
+        raise ValueError(f"{' and '.join('--' + k.replace('_', '-') for k in explain)} only apply with "
+                         "--explain-every K; pass it too, or drop them")
     return run_md(args.model, args.data, args.out, molecule=args.molecule, frame=args.frame, ensemble=args.ensemble,
                   temperature_K=args.temperature, dt_fs=args.dt, time_ps=args.time, replicas=args.replicas,
                   log_every=args.log_every, friction_per_ps=args.friction, tau_fs=args.tau, seed=args.seed,
                   max_temperature_K=args.max_temperature,
                   masses=None if args.mass is None else parse_masses(args.mass),
+                  explain_every=args.explain_every, **explain,
                   overwrite=args.overwrite, restart=args.restart, progress=not args.quiet)
 
 

@@ -48,6 +48,12 @@ appends its frames to the trajectories and thermo.csv and rewrites a restart fil
 provisional stability.json atomically, so Ctrl-C, SIGTERM or a crash keeps every finished
 block, and ``restart=True`` continues the run exactly (:class:`MDState`).
 
+Explanations along a run (:class:`ExplanationRecorder`; ``jaxrel md --explain-every K``):
+every K steps the GNN-LRP body-order totals Σ R_n and the most relevant pair terms of
+every stable replica (Schnake et al., TPAMI 2022, arXiv:2006.03589; :func:`jaxrel.explain`),
+appended to explain.csv and explain_pairs.csv like thermo.csv, and in stability.json how
+they changed before each replica's instability.
+
 Units: Å, fs (times in trajectories: ps), eV, K, amu; velocities Å/fs. Internally masses
 are in eV fs²/Å² (:data:`AMU`), so that F = m a holds with forces in eV/Å. A run on disk
 takes its masses from ``--mass``, else from the data (the bead masses of the shared CG
@@ -70,7 +76,7 @@ import threading
 import time
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -88,7 +94,10 @@ from jaxrel.checkpoint import load_checkpoint, params_digest
 from jaxrel.data import read_frames
 from jaxrel.files import atomic_write, prepare_output, write_json
 from jaxrel.geometry import check_cell
-from jaxrel.graph import cell_key, check_positions, graph_from_neighbors, neighbor_list_fn
+from jaxrel.graph import (build_graphs, cell_key, check_positions, graph_from_neighbors, neighbor_list_fn,
+                          pad_graph)
+from jaxrel.relevance.explanation import explain
+from jaxrel.relevance.table import Table
 
 AMU = ase.units._amu * 1e10 / ase.units._e
 """1 amu in eV fs²/Å² (≈ 103.6427): amu · (Å/fs)² = _amu kg · (1e5 m/s)² = _amu · 1e10 J."""
@@ -579,8 +588,9 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
             which every replica may have become unstable (no replica of that frame is
             ``stable``, and the trajectory does not log it). A block's call comes while the
             next block runs (JAX dispatches asynchronously), so writing them to disk
-            (:func:`run_md`) overlaps the integration; ``steps_per_second`` includes what
-            does not overlap. An exception it raises ends the run and propagates.
+            (:func:`run_md`) or explaining the frames (:class:`ExplanationRecorder`) overlaps
+            the integration; ``steps_per_second`` includes what does not overlap. An exception
+            it raises ends the run and propagates.
         start: continue a run from this :class:`MDState` (from ``on_block`` or
             :meth:`MDState.load`) until ``config.n_steps`` steps in all, exactly as if it had
             not stopped. It must come from the same potential, system and config (only
@@ -787,18 +797,21 @@ def _extxyz(frame: Frame, replica: int, species, cell, masses_amu) -> str:
     return text.getvalue()
 
 
+def _csv_text(rows) -> str:
+    """``rows`` (iterables of strings) as CSV text, one line each."""
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    return text.getvalue()
+
+
 def _thermo_rows(frame: Frame) -> str:
     """CSV rows (:data:`THERMO_COLUMNS`) of the stable replicas of ``frame``; floats as repr (exact)."""
-    text = io.StringIO()
-    csv.writer(text).writerows([str(r), repr(float(frame.time_ps))] + [
+    return _csv_text([str(r), repr(float(frame.time_ps))] + [
         repr(float(getattr(frame, c)[r])) for c in THERMO_COLUMNS[2:]] for r in np.flatnonzero(frame.stable))
-    return text.getvalue()
 
 
 def _thermo_header() -> str:
-    text = io.StringIO()
-    csv.writer(text).writerow(THERMO_COLUMNS)
-    return text.getvalue()
+    return _csv_text([THERMO_COLUMNS])
 
 
 def write_trajectory(traj: Trajectory, path, replica: int = 0) -> None:
@@ -823,8 +836,286 @@ def write_thermo(traj: Trajectory, path) -> None:
     atomic_write(path, _thermo_header() + "".join(_thermo_rows(traj.frame(k)) for k in range(len(traj.time_ps))))
 
 
+EXPLAIN_FILE = "explain.csv"
+PAIRS_FILE = "explain_pairs.csv"
+PAIR_COLUMNS = ("time_ps", "replica", "rank", "i", "j", "species_i", "species_j", "distance_A", "relevance_eV")
+"""The columns of explain_pairs.csv, one row per kept 2-body term: rank 1 is the term of largest
+|R₂| of its record (time, replica); i < j are atom indices, distance in Å, relevance in eV."""
+
+EXPLAIN_RULE = "gi"
+"""The rule of the explanations recorded along MD runs: gradient × input (:mod:`jaxrel.nn`)."""
+
+_EXPLAIN_SETTINGS = ("every", "order", "top")
+"""The :class:`ExplanationRecorder` settings that a run records (as ``explain_<name>``) and --restart compares."""
+
+
+def explain_columns(order: int) -> tuple[str, ...]:
+    """The columns of explain.csv for body orders 1..``order``: ``time_ps`` (ps), ``replica``,
+    ``sum_1body_eV`` … ``sum_{order}body_eV`` and ``residual_eV`` (eV)."""
+    return ("time_ps", "replica", *(f"sum_{n}body_eV" for n in range(1, order + 1)), "residual_eV")
+
+
+def _no_pairs() -> Table:
+    """A 2-body :class:`~jaxrel.relevance.Table` without rows."""
+    return Table(frame=np.zeros(0, np.int32), atoms=np.zeros((0, 2), np.int32), species=np.zeros((0, 2), np.int32),
+                 relevance=np.zeros(0), distances=np.zeros((0, 1)))
+
+
+class MDExplanation(NamedTuple):
+    """GNN-LRP explanations recorded along an MD run, one record per (time, replica): what
+    :class:`ExplanationRecorder` records and explain.csv and explain_pairs.csv of a
+    :func:`run_md` folder hold (:func:`read_explanations`).
+
+    Fields (m records, body orders 1..N, p pairs in all)::
+
+        time_ps       (m,) float64 | ps
+        replica       (m,) int64 | the replica explained
+        order_totals  (m, N) float64 | eV, column n − 1: Σ R_n, the sum of the n-body terms
+        residual      (m,) float64 | eV, Σ of all walk relevances − Σ of the listed terms: the
+                      terms of body order above N (0 for N = n_interactions + 1)
+        pairs         2-body Table, p rows | the top 2-body terms of each record, largest |R₂|
+                      first (atoms, species, distances Å, relevance eV); its ``frame`` column
+                      is the record (the row of the arrays above)
+    """
+
+    time_ps: np.ndarray
+    replica: np.ndarray
+    order_totals: np.ndarray
+    residual: np.ndarray
+    pairs: Table
+
+    @property
+    def order(self) -> int:
+        """The highest body order N recorded."""
+        return self.order_totals.shape[1]
+
+    def record_pairs(self, k: int) -> Table:
+        """The top 2-body terms of record ``k``, largest |R₂| first."""
+        return self.pairs.select(self.pairs.frame == k)
+
+    @classmethod
+    def concatenate(cls, parts: list[MDExplanation], order: int) -> MDExplanation:
+        """The records of ``parts`` in order, as one; ``order`` is N (for an empty list)."""
+        offsets = np.cumsum([0] + [len(p.time_ps) for p in parts])[:-1]
+        return cls(time_ps=np.concatenate([np.zeros(0)] + [p.time_ps for p in parts]),
+                   replica=np.concatenate([np.zeros(0, np.int64)] + [p.replica for p in parts]),
+                   order_totals=np.concatenate([np.zeros((0, order))] + [p.order_totals for p in parts]),
+                   residual=np.concatenate([np.zeros(0)] + [p.residual for p in parts]),
+                   pairs=Table.concatenate([_no_pairs()] + [replace(p.pairs, frame=p.pairs.frame + o)
+                                                            for p, o in zip(parts, offsets)]))
+
+
+class ExplanationRecorder:
+    """GNN-LRP explanations recorded along an MD run: an ``on_block`` for :func:`simulate`, and
+    what :func:`run_md` appends to explain.csv and explain_pairs.csv.
+
+    At every frame passed to ``on_block`` after a multiple of ``every`` integration steps (the
+    initial frame, at 0 steps, included; a continued run's start frame is not passed again), the
+    positions of every replica still ``stable`` there are explained by the exact GNN-LRP n-body
+    decomposition with the GI rule (:func:`jaxrel.explain`; Schnake et al., "Higher-order
+    explanations of graph neural networks via relevant walks", TPAMI 2022, arXiv:2006.03589),
+    the replicas of the frame as one batched graph in one :func:`jaxrel.explain` call (which
+    decomposes them one after another: one masked-backward computation per replica, all with
+    the same compiled code), and per replica the body-order totals Σ R_n
+    (n = 1..``order``), the higher-order residual and the ``top`` 2-body terms of largest |R₂|
+    are kept (:class:`MDExplanation`). A replica with atoms closer than 0.1 Å, which
+    :func:`jaxrel.explain` refuses (they have collapsed; the stability report marks that), is
+    left out of the record.
+
+    Where the work runs: on the host, inside ``on_block``, that is while the next MD block,
+    already dispatched (JAX's asynchronous dispatch), runs. Building the graphs, enumerating the
+    connected atom sets and filling the tables is host work that overlaps the block. The masked
+    backward passes of the decomposition are jitted (compiled once per model, system and size
+    class; the edge capacity grows with 25 % headroom and never shrinks, so recompilation is
+    rare), but they are computations of their own, not fused into the jitted MD block, and they
+    share the device (on CPU: the cores) with it. Their cost shows in the run's
+    ``steps_per_second``; benchmarks/md_explain_overhead.py measures it.
+
+    Example::
+
+        recorder = ExplanationRecorder(potential, params, species, config=config, every=1000)
+        simulate(potential, params, positions, species, config=config, on_block=recorder)
+        recorder.explanations.order_totals      # (n_records, 2) eV
+
+    Args:
+        potential, params: the model of the MD run, a message-passing model of the energy
+            (SchNet, PaiNN, NequIP).
+        species: (n_atoms,) int atomic numbers.
+        config: the run's :class:`MDConfig` (``every`` must fit its ``log_every``).
+        every: integration steps between records, a positive multiple of ``config.log_every``.
+        order: the highest body order N, 1 ≤ N ≤ n_interactions + 1 (walks of T layers visit
+            at most T + 1 atoms); orders above N make up the residual.
+        top: 2-body terms kept per record (≥ 0; a positive ``top`` needs ``order`` ≥ 2).
+        cell: (3, 3) float, Å, rows are the periodic cell vectors; None for free space.
+
+    Attributes:
+        records: list of :class:`MDExplanation`, one per recorded frame.
+        seconds: wall time spent recording, s.
+
+    Raises:
+        ValueError: (at construction, so before anything runs or is written) ``every`` that is
+            not a positive multiple of ``config.log_every``, ``order`` outside
+            1..n_interactions + 1, a negative ``top`` or a positive one with ``order`` 1, a
+            model without message-passing layers, or a model that does not predict energies.
+    """
+
+    def __init__(self, potential, params, species, *, config: MDConfig, every: int, order: int = 2,
+                 top: int = 5, cell=None):
+        if int(every) != every or every < 1 or every % config.log_every:
+            raise ValueError(f"--explain-every is {every} steps, which is not a positive multiple of --log-every "
+                             f"{config.log_every}; pass a multiple of {config.log_every} (e.g. "
+                             f"{config.log_every * max(1, round(every / config.log_every))})")
+        potential.check_energy_target("explaining an MD run")
+        if not potential.has_layers:
+            raise ValueError(f"the {potential.config.model} model has no message-passing layers, so GNN-LRP cannot "
+                             "explain its MD run; drop --explain-every (explain frames of it with jaxrel audit)")
+        n_interactions = potential.config.n_interactions
+        if int(order) != order or not 1 <= order <= n_interactions + 1:
+            raise ValueError(f"--explain-order is {order}, but a model with {n_interactions} interactions has terms "
+                             f"of body order 1 to {n_interactions + 1}; pass one of those")
+        if int(top) != top or top < 0 or (top and order < 2):
+            raise ValueError(f"--explain-top is {top} with --explain-order {order}; keep 0 or more pairs, and "
+                             "pairs need --explain-order 2 or more (or pass --explain-top 0)")
+        self.potential, self.params, self.cell = potential, params, cell
+        self.species = np.asarray(species)
+        self.every, self.order, self.top = int(every), int(order), int(top)
+        self.records: list[MDExplanation] = []
+        self.seconds = 0.0
+        self._n_edges = 0
+
+    def __call__(self, frame: Frame, state: MDState) -> MDExplanation | None:
+        """Explain the stable replicas of ``frame`` when ``state.steps_done`` is a multiple of
+        ``every``: returns the new record (one row per replica explained), else None.
+
+        Raises:
+            ValueError: the errors of :func:`jaxrel.explain` (e.g. positions or cell it refuses).
+        """
+        if state.steps_done % self.every:
+            return None
+        tic = time.perf_counter()
+        replicas = [int(r) for r in np.flatnonzero(frame.stable) if _explainable(frame.positions[r], self.cell)]
+        if not replicas:
+            return None
+        graph = build_graphs(frame.positions[replicas], self.species, self.potential.config.cutoff, cell=self.cell,
+                             min_distance=None)
+        if graph.n_edges > self._n_edges:
+            self._n_edges = 64 * math.ceil(1.25 * graph.n_edges / 64)
+        explanation = explain(self.potential, self.params, pad_graph(graph, graph.n_atoms, self._n_edges),
+                              max_order=self.order, rules=EXPLAIN_RULE, frame_index=replicas)
+        record = _record(explanation, frame.time_ps, self.top)
+        self.records.append(record)
+        self.seconds += time.perf_counter() - tic
+        return record
+
+    @property
+    def explanations(self) -> MDExplanation:
+        """Every record so far, as one :class:`MDExplanation`."""
+        return MDExplanation.concatenate(self.records, self.order)
+
+
+def _explainable(positions: np.ndarray, cell) -> bool:
+    """Whether :func:`jaxrel.explain` accepts one replica's positions (no atoms closer than 0.1 Å)."""
+    try:
+        check_positions(positions, cell=cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _record(explanation, time_ps: float, top: int) -> MDExplanation:
+    """The record of an :class:`~jaxrel.relevance.Explanation` whose frame numbers are replicas."""
+    n = len(explanation.frames)
+    pairs = _no_pairs()
+    if top:
+        table = explanation.tables[2]
+        rows = [np.flatnonzero(table.frame == f) for f in explanation.frames]
+        rows = [r[np.argsort(-np.abs(table.relevance[r]), kind="stable")[:top]] for r in rows]
+        pairs = replace(table.select(np.concatenate(rows)), prior=None,
+                        frame=np.repeat(np.arange(n), [len(r) for r in rows]))
+    totals = np.stack([explanation.order_totals(k) for k in range(1, explanation.max_order + 1)], axis=1)
+    return MDExplanation(np.full(n, float(time_ps)), explanation.frames.astype(np.int64), totals,
+                         np.asarray(explanation.higher_order_residual, np.float64), pairs)
+
+
+def _explain_rows(record: MDExplanation) -> tuple[str, str]:
+    """The rows of ``record`` in explain.csv and in explain_pairs.csv; floats as repr (exact)."""
+    totals = _csv_text([repr(float(t)), str(int(r))] + [repr(float(x)) for x in (*sums, residual)]
+                       for t, r, sums, residual in zip(record.time_ps, record.replica, record.order_totals,
+                                                       record.residual))
+    p = record.pairs
+    rank = np.arange(len(p)) - np.searchsorted(p.frame, p.frame) + 1
+    pairs = _csv_text([repr(float(record.time_ps[k])), str(int(record.replica[k])), str(int(rank_k)),
+                       *map(str, p.atoms[m].tolist()), *map(str, p.species[m].tolist()),
+                       repr(float(p.distances[m, 0])), repr(float(p.relevance[m]))]
+                      for m, (k, rank_k) in enumerate(zip(p.frame, rank)))
+    return totals, pairs
+
+
+def read_explanations(out) -> MDExplanation:
+    """The explanations of a run folder written by :func:`run_md` with ``explain_every``, up to
+    the last finished block that its restart file records (explain.csv and explain_pairs.csv;
+    floats exact).
+
+    Raises:
+        FileNotFoundError: ``out`` holds no restart file.
+        ValueError: the run was not explained, or its files do not match the restart file.
+    """
+    out = Path(out)
+    _, metadata = MDState.load(out / RESTART_FILE)
+    sizes = metadata["files"]
+    if EXPLAIN_FILE not in sizes:
+        raise ValueError(f"the run in {out} was not explained (it has no {EXPLAIN_FILE}); run jaxrel md with "
+                         "--explain-every")
+    header, *rows = csv.reader(io.StringIO(_recorded_text(out / EXPLAIN_FILE, sizes)))
+    order = len(header) - 3
+    pair_header, *pair_rows = csv.reader(io.StringIO(_recorded_text(out / PAIRS_FILE, sizes)))
+    table = np.array([[float(x) for x in row] for row in rows], np.float64).reshape(len(rows), order + 3)
+    record_of = {key: k for k, key in enumerate(zip(table[:, 0].tolist(), table[:, 1].astype(int).tolist()))}
+    try:
+        if tuple(header) != explain_columns(order) or tuple(pair_header) != PAIR_COLUMNS:
+            raise KeyError(header)
+        frame = [record_of[float(row[0]), int(row[1])] for row in pair_rows]
+    except KeyError:
+        raise ValueError(f"{out / EXPLAIN_FILE} and {out / PAIRS_FILE} do not hold the same records in jaxrel's "
+                         "columns; the run's files were changed, start a new run") from None
+
+    def column(k, kind):
+        return np.array([kind(row[k]) for row in pair_rows], kind)
+
+    pairs = Table(frame=np.array(frame, np.int32), atoms=np.stack([column(3, int), column(4, int)], axis=-1),
+                  species=np.stack([column(5, int), column(6, int)], axis=-1), relevance=column(8, float),
+                  distances=column(7, float)[:, None]) if pair_rows else _no_pairs()
+    return MDExplanation(table[:, 0], table[:, 1].astype(np.int64), table[:, 2:-1], table[:, -1], pairs)
+
+
+def _explanation_summary(explanations: MDExplanation, replica: int, end_ps: float | None) -> dict | None:
+    """stability.json's ``explanation`` of one replica: its first and last record before
+    ``end_ps`` (its instability time; None: the end of the run), each with the body-order totals
+    (eV), the residual (eV) and its top pair, and the change of each total from first to last
+    (eV); None when no record precedes ``end_ps``."""
+    end = math.inf if end_ps is None else end_ps
+    rows = np.flatnonzero((explanations.replica == replica) & (explanations.time_ps < end))
+    if not len(rows):
+        return None
+
+    def entry(k: int) -> dict:
+        pairs = explanations.record_pairs(k)
+        top = None if not len(pairs) else {
+            "atoms": pairs.atoms[0].tolist(), "species": pairs.species[0].tolist(),
+            "distance_A": float(pairs.distances[0, 0]), "relevance_eV": float(pairs.relevance[0])}
+        return {"time_ps": float(explanations.time_ps[k]),
+                "body_order_totals_eV": {str(n): float(explanations.order_totals[k, n - 1])
+                                         for n in range(1, explanations.order + 1)},
+                "residual_eV": float(explanations.residual[k]), "top_pair": top}
+
+    first, last = entry(rows[0]), entry(rows[-1])
+    return {"n_records": len(rows), "first": first, "last": last,
+            "change_eV": {n: last["body_order_totals_eV"][n] - value
+                          for n, value in first["body_order_totals_eV"].items()}}
+
+
 RESTART_FILE = "restart.npz"
-RUN_FILES = ("trajectory*.extxyz", "thermo.csv", "stability.json", RESTART_FILE)
+RUN_FILES = ("trajectory*.extxyz", "thermo.csv", EXPLAIN_FILE, PAIRS_FILE, "stability.json", RESTART_FILE)
 """The files :func:`run_md` writes in its folder (glob patterns)."""
 
 UNITS = {"time": "ps", "dt": "fs", "temperature": "K", "energy": "eV", "mass": "amu", "length": "Å"}
@@ -927,17 +1218,22 @@ class _RunFiles:
     """The files of a :func:`run_md` folder, appended block by block: :meth:`write` is the
     ``on_block`` of :func:`simulate`, which calls it while the next block runs on the device.
 
-    Each block appends its frames and thermo rows, then rewrites the restart file, which
-    records the length of every appended file, and the provisional stability.json
-    atomically. A write that is stopped half-way leaves at most a partial frame past the
-    recorded lengths, which :func:`read_run` ignores and :func:`_truncate` removes.
+    Each block appends its frames and thermo rows (and, with a ``recorder``, its explanation
+    rows to explain.csv and explain_pairs.csv), then rewrites the restart file, which records
+    the length of every appended file, and the provisional stability.json atomically. A write
+    that is stopped half-way leaves at most a partial frame past the recorded lengths, which
+    :func:`read_run` ignores and :func:`_truncate` removes.
     """
 
     def __init__(self, out: Path, settings: dict, system: tuple, requested_time_ps: float,
-                 sizes: dict | None = None, blocks: int = 0, write_seconds: float = 0.0):
+                 sizes: dict | None = None, blocks: int = 0, write_seconds: float = 0.0,
+                 recorder: ExplanationRecorder | None = None):
         self.out, self.settings, self.system, self.requested_time_ps = out, settings, system, requested_time_ps
         self.sizes, self.blocks, self.write_seconds, self.handles = sizes, blocks, write_seconds, None
+        self.recorder = recorder
         self.names = [trajectory_name(r) for r in range(settings["n_replicas"])] + ["thermo.csv"]
+        if recorder is not None:
+            self.names += [EXPLAIN_FILE, PAIRS_FILE]
 
     def write(self, frame: Frame, state: MDState) -> None:
         """Append one block's frames and rows, then record ``state``."""
@@ -946,9 +1242,16 @@ class _RunFiles:
             self.handles = {name: (self.out / name).open("ab" if self.sizes else "wb") for name in self.names}
             if not self.sizes:
                 self.handles["thermo.csv"].write(_thermo_header().encode())
+                if self.recorder is not None:
+                    self.handles[EXPLAIN_FILE].write(_csv_text([explain_columns(self.recorder.order)]).encode())
+                    self.handles[PAIRS_FILE].write(_csv_text([PAIR_COLUMNS]).encode())
         for r in np.flatnonzero(frame.stable):
             self.handles[self.names[r]].write(_extxyz(frame, r, *self.system).encode())
         self.handles["thermo.csv"].write(_thermo_rows(frame).encode())
+        record = None if self.recorder is None else self.recorder(frame, state)
+        if record is not None:
+            for name, rows in zip((EXPLAIN_FILE, PAIRS_FILE), _explain_rows(record)):
+                self.handles[name].write(rows.encode())
         for f in self.handles.values():
             f.flush()
         self.sizes = {name: f.tell() for name, f in self.handles.items()}
@@ -1075,7 +1378,8 @@ def _mass_record(species: np.ndarray, masses: np.ndarray) -> dict[str, float] | 
 def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ensemble: str = "nve", temperature_K: float = 300.0,
            dt_fs: float = 0.5, time_ps: float = 10.0, replicas: int = 1, log_every: int = 100,
            friction_per_ps: float = 1.0, tau_fs: float = 100.0, seed: int = 0,
-           max_temperature_K: float | None = None, masses=None, overwrite: bool = False,
+           max_temperature_K: float | None = None, masses=None, explain_every: int | None = None,
+           explain_order: int = 2, explain_top: int = 5, overwrite: bool = False,
            restart: bool = False, progress: bool = True) -> dict:
     """MD from one frame of a data set with a saved model, written to ``out`` block by block,
     and its stability report: the ``jaxrel md`` command.
@@ -1091,7 +1395,20 @@ def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ens
     stability.json holds the full :func:`jaxrel.stability.stability_report` of the frames on
     disk (:func:`read_run`) against every frame of ``data``, with status "finished", the
     settings, ``requested_time_ps``, ``n_reallocations`` and ``output_seconds_per_block``
-    (the writing time of a block, which overlaps the integration of the next one).
+    (the writing time of a block, explanations included, which overlaps the integration of
+    the next one).
+
+    With ``explain_every`` K, every K steps (the initial frame included) the stable replicas
+    are explained as :class:`ExplanationRecorder` describes (GNN-LRP, GI rule, Schnake et al.
+    2022, arXiv:2006.03589), and their rows are appended with each block: explain.csv
+    (:func:`explain_columns`: the body-order totals Σ R_n, n = 1..``explain_order``, and the
+    higher-order residual, eV) and explain_pairs.csv (:data:`PAIR_COLUMNS`: the ``explain_top``
+    2-body terms of largest |R₂|), both kept consistent on interruption and restart like
+    thermo.csv (:func:`read_explanations` reads them). stability.json then holds ``explain``
+    (the settings and the number of records) and per replica ``explanation``: the first and
+    the last record before the replica's instability time in the report (or the end), each with
+    its totals, residual and top pair, and ``change_eV``, the change of each body-order total
+    between them (None when no record precedes the instability).
 
     Ctrl-C and SIGTERM (SIGTERM raises KeyboardInterrupt only during the run; the previous
     handler is restored) stop the run where it is. The files are then cut back to the last
@@ -1113,6 +1430,11 @@ def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ens
             :class:`MDConfig` (K, fs, 1/ps, fs, K).
         time_ps: simulated time of the whole run, ps (n_steps = round(1000 time_ps / dt_fs)).
         replicas: number of replicas R.
+        explain_every: steps between explanations (``--explain-every``), a positive multiple of
+            ``log_every``; None explains nothing.
+        explain_order: the highest body order explained (``--explain-order``), 1 to
+            n_interactions + 1.
+        explain_top: 2-body terms kept per record and replica (``--explain-top``).
         masses: amu, one value for every atom or ``{species: mass}`` (``--mass``,
             :func:`parse_masses`); None takes the data's masses (:attr:`jaxrel.data.Frames.masses`,
             e.g. the bead masses of the shared CG water and methane sets), else the standard
@@ -1133,8 +1455,10 @@ def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ens
             ``out`` holding an earlier run without ``overwrite`` or ``restart`` (nothing is
             changed); ``restart`` without a restart file in ``out``, with a model, data or
             settings other than the run's, with a ``time_ps`` already simulated or with every
-            replica unstable; and the errors of :func:`simulate` (checked before the first
-            file is written).
+            replica unstable; explanation settings that :class:`ExplanationRecorder` refuses
+            (an ``explain_every`` that is not a multiple of ``log_every``, an order above
+            n_interactions + 1, a model without message-passing layers); and the errors of
+            :func:`simulate`, all checked before the first file is written.
         FileNotFoundError: a missing model or data file.
         RunInterrupted: Ctrl-C or SIGTERM (a KeyboardInterrupt); its report is on disk.
         KeyboardInterrupt: Ctrl-C or SIGTERM before the initial frame was written; nothing
@@ -1172,10 +1496,14 @@ def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ens
                                 coarse_grained=frames.coarse_grained, source=str(data))
     _, species, cell, masses_amu, _ = _checked_inputs(potential, start_positions, frames.species, cell, masses_amu,
                                                       None)
+    recorder = None if explain_every is None else ExplanationRecorder(
+        potential, params, species, config=config, every=explain_every, order=explain_order, top=explain_top,
+        cell=cell)
     settings = {"model": str(model), "params_sha256": params_digest((Path(model) / "params.msgpack").read_bytes()),
                 "data": str(data), "molecule": molecule, "data_sha256": _frames_digest(frames), "frame": frame, "n_replicas": replicas,
                 "masses_amu": _mass_record(species, masses_amu),
-                "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "n_steps"}}
+                "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "n_steps"},
+                **{f"explain_{k}": None if recorder is None else getattr(recorder, k) for k in _EXPLAIN_SETTINGS}}
     state, metadata = None, {"files": None, "blocks": 0, "write_seconds": 0.0}
     if restart:
         state, metadata = _restart_state(out, settings, config)
@@ -1185,7 +1513,7 @@ def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ens
 
     status = "finished"
     files = _RunFiles(out, settings, (species, cell, masses_amu), time_ps, metadata["files"], metadata["blocks"],
-                      metadata["write_seconds"])
+                      metadata["write_seconds"], recorder)
     with _sigterm_interrupts():
         try:
             simulate(potential, params, start_positions, species, cell=cell, config=config,
@@ -1208,6 +1536,12 @@ def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ens
               "n_reallocations": state.n_reallocations, "model": str(model), "data": str(data),
               "frame": frame, "masses_amu": settings["masses_amu"],
               "config": dataclasses.asdict(config) | {"n_replicas": replicas}, "units": UNITS}
+    if recorder is not None:
+        explanations = read_explanations(out)
+        report["explain"] = {"every_steps": recorder.every, "order": recorder.order, "top": recorder.top,
+                             "rule": EXPLAIN_RULE, "n_records": len(explanations.time_ps)}
+        for r, entry in enumerate(report["replicas"]):
+            entry["explanation"] = _explanation_summary(explanations, r, entry["time_to_instability_ps"])
     write_json(out / "stability.json", report)
     if status == "interrupted":
         raise RunInterrupted(f"stopped at {report['simulated_time_ps']:.4g} of {time_ps:.4g} ps; every "
@@ -1243,7 +1577,7 @@ def _restart_state(out: Path, settings: dict, config: MDConfig) -> tuple[MDState
 
     def flat(s: dict) -> dict:
         return {"frame": s.get("frame"), "replicas": s.get("n_replicas"), "masses_amu": s.get("masses_amu"),
-                **s.get("config", {})}
+                **s.get("config", {}), **{f"explain_{k}": s.get(f"explain_{k}") for k in _EXPLAIN_SETTINGS}}
 
     differ = [k for k in flat(given) if flat(saved).get(k) != flat(given)[k]]
     if differ:

@@ -7,6 +7,7 @@ import pytest
 from helpers import argon_potential
 
 from jaxrel.analysis import build_report
+from jaxrel.analysis.diagnostics import DEFINITIONS
 from jaxrel.analysis.faithfulness import compare_decompositions, run_audit
 from jaxrel.analysis.recovery import load_ground_truth
 from jaxrel.checkpoint import save_checkpoint
@@ -104,6 +105,12 @@ def test_cli_audit_writes_every_method_folder_audit_json_and_the_report(argon_fi
     for name in ("mbe", "gi"):
         assert Explanation.load(out / name).frames.tolist() == [1]
     assert "Faithfulness" in (out / "report.html").read_text(encoding="utf-8")
+    diagnostics = summary["stability_diagnostics"]
+    assert set(diagnostics["values"]) == set(DEFINITIONS) == set(result["stability_diagnostics"])
+    assert list(diagnostics["species_pairs"]) == ["Ar–Ar"] and diagnostics["rule"] == "gi"
+    assert diagnostics["values"]["mbe_inner_well_eV"] >= 0 and diagnostics["values"]["relevance_three_body_share"] is None
+    assert "Stability diagnostics" in (out / "report.html").read_text(encoding="utf-8")
+    assert (out / "figures" / "audit_dimer_curves.png").is_file()
     assert main(["audit", "--model", str(tmp_path / "model"), "--data", str(argon_file), "--rules", "gi,nonsense",
                  "--quiet", "--out", str(tmp_path / "bad")]) == 2
     assert "nonsense" in capsys.readouterr().err
@@ -138,6 +145,8 @@ def test_ensemble_audit_averages_the_seeds_with_spreads_and_scores_each_seed(arg
     loaded = Explanation.load(tmp_path / "audit" / "gi")
     assert loaded.tables[2].spread is not None and loaded.metadata["seeds"] == [3, 4]
     assert "Stability over 2 seeds" in (tmp_path / "audit" / "report.html").read_text(encoding="utf-8")
+    spread = json.loads((tmp_path / "audit" / "audit.json").read_text())["stability_diagnostics"]["seed_spread"]
+    assert spread["mbe_inner_attraction"] is not None and spread["decay_length_A"] is None
     assert main(["explain", "--model", str(tmp_path), "--data", str(argon_file), "--frames", "0", "--order", "2",
                  "--quiet", "--out", str(tmp_path / "explained")]) == 0
     capsys.readouterr()

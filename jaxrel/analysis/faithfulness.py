@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxrel.analysis.diagnostics import Diagnostics, ensemble_diagnostics
 from jaxrel.analysis.numerics import Agreement, atomwise_comparison, pair_relevance_curve
-from jaxrel.analysis.plots import (plot_force_components, plot_method_totals, plot_pair_curves_by_method,
+from jaxrel.analysis.plots import (plot_dimer_curves, plot_force_components, plot_method_totals, plot_pair_curves_by_method,
                                    plot_terms_against)
 from jaxrel.analysis.recovery import Recovery, compare_with_ground_truth, match_terms
 from jaxrel.analysis.write import Written
@@ -78,6 +79,9 @@ class Audit:
     without ground truth); three_body_in_truth; verdict: one sentence. For an ensemble
     (:func:`run_ensemble_audit`) the explanations are the means over the seeds (tables with a
     ``spread`` column), ``seeds`` lists the seeds and ``member_physics`` each seed's scores.
+    ``diagnostics`` and ``diagnostics_spread``: the model's stability diagnostics and their
+    seed spread (:mod:`jaxrel.analysis.diagnostics`; None until :func:`jaxrel.audit.audit_to_folder`
+    or :func:`with_diagnostics` adds them).
     """
 
     explanations: dict[str, Explanation]
@@ -88,6 +92,8 @@ class Audit:
     verdict: str
     seeds: list[int] | None = None
     member_physics: list[dict[str, PhysicsScore]] | None = None
+    diagnostics: Diagnostics | None = None
+    diagnostics_spread: dict[str, float | None] | None = None
 
     def summary(self) -> dict:
         """The JSON-ready result written as ``audit.json``."""
@@ -121,6 +127,8 @@ class Audit:
             out["exact"] = {"three_body_in_truth": self.three_body_in_truth, "body_order_totals_eV": exact}
             out["versus_exact"] = {name: _physics_dict(score, self.recovery[name])
                                    for name, score in self.physics.items()}
+        if self.diagnostics is not None:
+            out["stability_diagnostics"] = {**self.diagnostics.summary(), "seed_spread": self.diagnostics_spread}
         return out
 
 
@@ -366,6 +374,20 @@ def run_ensemble_audit(models: list[tuple], seeds: list[int], frames, *, truth: 
     return replace(audit, seeds=list(map(int, seeds)), member_physics=member_physics, verdict=verdict)
 
 
+def with_diagnostics(audit: Audit, models: list[tuple], reference_positions, species, cell=None) -> Audit:
+    """The audit with the models' stability diagnostics (:func:`jaxrel.analysis.diagnostics.ensemble_diagnostics`)
+    added: dimer curves against the shortest distances of ``reference_positions`` (n_frames, n_atoms, 3) Å,
+    decay length and body-order shares from the audit's MBE and its first GNN-LRP rule.
+
+    Raises:
+        ValueError: as :func:`~jaxrel.analysis.diagnostics.stability_diagnostics`.
+    """
+    rules = [name for name in audit.explanations if name != "mbe"]
+    diagnostics, spread = ensemble_diagnostics(models, reference_positions, species, cell,
+                                               explanations=audit.explanations, rules=rules[0] if rules else "gi")
+    return replace(audit, diagnostics=diagnostics, diagnostics_spread=spread)
+
+
 def _terms_against(audit: Audit, order: int, reference: str = "mbe") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{method: (reference method's terms, the method's terms)} of one order, matched term by term."""
     ref = audit.explanations[reference].tables[order]
@@ -391,8 +413,9 @@ def _pair_curves_by_method(audit: Audit):
 
 def write_audit(audit: Audit, out_dir) -> Written:
     """Write ``audit.json`` and the figures ``audit_body_order_totals.png``,
-    ``audit_terms_order{n}.png`` (n ≥ 2, each method against the MBE), ``audit_pair_curves.png``
-    and, when the MBE has forces, ``audit_body_order_forces.png`` into ``out_dir``.
+    ``audit_terms_order{n}.png`` (n ≥ 2, each method against the MBE), ``audit_pair_curves.png``,
+    when the MBE has forces ``audit_body_order_forces.png``, and with diagnostics
+    ``audit_dimer_curves.png`` into ``out_dir``.
 
     Returns:
         :class:`~jaxrel.analysis.write.Written` with ``results`` {"audit": the summary}.
@@ -421,5 +444,8 @@ def write_audit(audit: Audit, out_dir) -> Written:
         figures["audit_body_order_forces"] = plot_force_components(
             {**parts, "higher orders": mbe.force_residual}, out / "audit_body_order_forces.png",
             title="forces split by body order (model's MBE)")
+    if audit.diagnostics is not None:
+        figures["audit_dimer_curves"] = plot_dimer_curves(audit.diagnostics.curves, out / "audit_dimer_curves.png",
+                                                          rule=audit.diagnostics.rule)
     summary = audit.summary()
     return Written({"audit": summary}, figures, {"audit": write_json(out / "audit.json", summary)})

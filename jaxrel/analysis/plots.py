@@ -267,6 +267,37 @@ def plot_pair_curves_by_method(curves: dict[str, dict[tuple[int, int], BinnedCur
     return save_figure(fig, path)
 
 
+def plot_dimer_curves(curves: dict, path, *, rule: str | None = None, names: dict[int, str] | None = None) -> Path:
+    """The model's 2-body term of each isolated species pair (MBE, solid) and its GNN-LRP 2-body
+    relevance (dashed) against distance, one panel per pair, with the shortest distance of the
+    reference data (r_ref) marked and the region below it shaded
+    (:func:`jaxrel.analysis.diagnostics.dimer_curves`). The y range shows the curves from r_ref out
+    and their inner minimum; a steep wall below r_ref leaves the panel."""
+    keys = list(curves)
+    fig = Figure(figsize=(4.2 * len(keys), 3.8))
+    for k, key in enumerate(keys):
+        c = curves[key]
+        ax = fig.add_subplot(1, len(keys), k + 1)
+        ax.axvspan(c.distance[0], c.reference_min_A, color="0.92", lw=0)
+        ax.plot(c.distance, c.mbe, "-", color=_colour(0), label="MBE ε₂")
+        shown = [c.mbe]
+        if c.relevance is not None:
+            ax.plot(c.distance, c.relevance, "--", color=_colour(1), label=f"GNN-LRP R₂ ({rule})")
+            shown.append(c.relevance)
+        ax.axvline(c.reference_min_A, color="0.4", lw=0.8, label=f"r_ref = {c.reference_min_A:.2f} Å")
+        ax.axhline(0.0, color="0.6", lw=0.8)
+        outer = c.distance >= c.reference_min_A
+        low = min(float(v.min()) for v in shown)
+        high = max(float(v[outer].max()) for v in shown)
+        pad = 0.1 * max(high - low, 1e-3)
+        ax.set_ylim(low - pad, high + 3 * pad)
+        ax.set_xlabel("distance (Å)")
+        ax.set_ylabel("2-body term of the isolated pair (eV)")
+        ax.set_title(species_label(key, names))
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
 def plot_force_components(parts: dict[str, np.ndarray], path, *, title: str = "") -> Path:
     """Histograms (log counts) of the Cartesian components of several force sets, eV/Å,
     each labelled with its RMS."""

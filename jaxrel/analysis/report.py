@@ -210,8 +210,27 @@ def _faithfulness_section(audit: Audit | None, written: Written | None) -> str:
     if agree:
         parts.append("<h3>Term-by-term agreement between methods</h3>"
                      + _table(["methods", "body order", "Pearson r", "slope", "MAE (eV)"], agree))
+    if "stability_diagnostics" in summary:
+        parts.append(_diagnostics_table(summary["stability_diagnostics"]))
     parts += [_figure(path, name) for name, path in figures.items()]
     return "".join(parts)
+
+
+def _diagnostics_table(diagnostics: dict) -> str:
+    """The stability diagnostics (:mod:`jaxrel.analysis.diagnostics`): value, seed spread, definition."""
+    spread = diagnostics.get("seed_spread") or {}
+    rows = [[name, value, spread.get(name), diagnostics["definitions"][name]]
+            for name, value in diagnostics["values"].items()]
+    pairs = [[label, p["reference_min_A"], p["mbe_inner_well_eV"], p["relevance_inner_well_eV"]]
+             for label, p in diagnostics["species_pairs"].items()]
+    return ("<h3>Stability diagnostics</h3><p class='note'>Numbers read off the explanation that may warn "
+            "of MD failure (Fu et al. 2023, arXiv:2210.07237; Esders et al. 2025, arXiv:2410.13833). An inner "
+            "well is energy the model releases when a pair moves closer than the reference data ever brought it: "
+            "MD at a temperature whose k_B T is comparable can fall into it. How well each number predicts "
+            "instability was measured on a population of rMD17 models (README, “Explanations and MD "
+            "stability”); none is a guarantee.</p>"
+            + _table(["diagnostic", "value", "seed spread", "definition"], rows)
+            + _table(["species pair", "r_ref (Å)", "MBE inner well (eV)", "GNN-LRP inner well (eV)"], pairs))
 
 
 def build_report(explanation, out_dir=None, *, data_path=None, title: str | None = None,

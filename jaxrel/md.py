@@ -840,7 +840,7 @@ EXPLAIN_FILE = "explain.csv"
 PAIRS_FILE = "explain_pairs.csv"
 PAIR_COLUMNS = ("time_ps", "replica", "rank", "i", "j", "species_i", "species_j", "distance_A", "relevance_eV")
 """The columns of explain_pairs.csv, one row per kept 2-body term: rank 1 is the term of largest
-|R₂| of its record (time, replica); i < j are atom indices, distance in Å, relevance in eV."""
+``|R₂|`` of its record (time, replica); i < j are atom indices, distance in Å, relevance in eV."""
 
 EXPLAIN_RULE = "gi"
 """The rule of the explanations recorded along MD runs: gradient × input (:mod:`jaxrel.nn`)."""
@@ -890,7 +890,7 @@ class MDExplanation(NamedTuple):
         return self.order_totals.shape[1]
 
     def record_pairs(self, k: int) -> Table:
-        """The top 2-body terms of record ``k``, largest |R₂| first."""
+        """The top 2-body terms of record ``k``, largest ``|R₂|`` first."""
         return self.pairs.select(self.pairs.frame == k)
 
     @classmethod
@@ -917,7 +917,7 @@ class ExplanationRecorder:
     the replicas of the frame as one batched graph in one :func:`jaxrel.explain` call (which
     decomposes them one after another: one masked-backward computation per replica, all with
     the same compiled code), and per replica the body-order totals Σ R_n
-    (n = 1..``order``), the higher-order residual and the ``top`` 2-body terms of largest |R₂|
+    (n = 1..``order``), the higher-order residual and the ``top`` 2-body terms of largest ``|R₂|``
     are kept (:class:`MDExplanation`). A replica with atoms closer than 0.1 Å, which
     :func:`jaxrel.explain` refuses (they have collapsed; the stability report marks that), is
     left out of the record.
@@ -1403,7 +1403,7 @@ def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ens
     2022, arXiv:2006.03589), and their rows are appended with each block: explain.csv
     (:func:`explain_columns`: the body-order totals Σ R_n, n = 1..``explain_order``, and the
     higher-order residual, eV) and explain_pairs.csv (:data:`PAIR_COLUMNS`: the ``explain_top``
-    2-body terms of largest |R₂|), both kept consistent on interruption and restart like
+    2-body terms of largest ``|R₂|``), both kept consistent on interruption and restart like
     thermo.csv (:func:`read_explanations` reads them). stability.json then holds ``explain``
     (the settings and the number of records) and per replica ``explanation``: the first and
     the last record before the replica's instability time in the report (or the end), each with

@@ -21,8 +21,8 @@ from helpers import argon_potential
 from test_pair_potential_exact import liquid_frame, pair_model
 
 from jaxrel.analysis.diagnostics import (DEFINITIONS, N_INNER, dimer_curves, dimer_distances, ensemble_diagnostics,
-                                         inner_attraction, inner_well, predictive_power, reference_min_distances,
-                                         roc_auc, stability_diagnostics)
+                                         inner_attraction, inner_well, partial_spearman, predictive_power,
+                                         reference_min_distances, roc_auc, stability_diagnostics)
 from jaxrel.analysis.faithfulness import decompose
 from jaxrel.graph import build_graphs, edge_lengths
 from jaxrel.models import ModelConfig, Potential
@@ -101,15 +101,9 @@ def prior_pair_model(epsilon: float) -> tuple[Potential, nnx.State]:
     return Potential(config, graphdef), params
 
 
-def test_gi_dimer_relevance_of_a_pair_potential_network_equals_its_mbe_dimer_curve():
-    potential, params = pair_model(linear=True)
-    curves = dimer_curves(potential, params, {(18, 18): 3.2, (18, 36): 3.4, (36, 36): 3.6}, rules="gi")
-    for c in curves.values():
-        np.testing.assert_allclose(c.relevance, c.mbe, rtol=1e-9, atol=1e-12)
-
-
 @pytest.mark.parametrize("epsilon", [-5.0, 5.0])
 def test_a_prior_sink_is_flagged_by_both_dimer_diagnostics_and_a_prior_wall_by_neither(epsilon):
+    """The network is a pair potential, so its GI dimer relevance equals its MBE dimer curve, prior included."""
     potential, params = prior_pair_model(epsilon)
     positions = np.random.default_rng(0).uniform(0, 1, (2, 8, 3)) * 0.2 + 3.0 * np.arange(8)[None, :, None]
     d = stability_diagnostics(potential, params, positions, SPECIES)
@@ -229,3 +223,22 @@ def jax_scale(params, factor):
     import jax
 
     return jax.tree.map(lambda x: x * factor if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+
+def test_partial_spearman_equals_the_correlation_of_rank_residuals_and_removes_a_confounder():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=60)
+    x, y = z + 0.5 * rng.normal(size=60), -z + 0.5 * rng.normal(size=60)     # both driven by z only
+    rx, ry, rz = (rankdata(a) for a in (x, y, z))
+
+    def residual(a):
+        return a - np.polyval(np.polyfit(rz, a, 1), rz)
+
+    expected = np.corrcoef(residual(rx), residual(ry))[0, 1]
+    assert partial_spearman(x, y, z) == pytest.approx(expected, rel=1e-10)
+    assert abs(partial_spearman(x, y, z)) < 0.3 < abs(predictive_power(x, y, y < 0).spearman)
+    p = predictive_power(x, y, y < 0, control=z)
+    assert p.partial_spearman == pytest.approx(expected, rel=1e-10)
+    assert np.isnan(partial_spearman(x, y, np.ones(60)))

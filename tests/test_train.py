@@ -103,13 +103,19 @@ def test_cli_evaluate_rejects_species_the_model_never_saw(tmp_path, dimers, caps
     assert "atom 2 has species 6, which the model was not trained on (known: 1, 8)" in capsys.readouterr().err
 
 
-def test_an_ensemble_member_equals_the_single_model_trained_from_the_same_seed(tmp_path, dimers):
+def test_an_ensemble_member_equals_the_single_model_trained_from_the_same_seed(tmp_path, dimers, capsys):
+    """The ensemble is trained through the command line (``--seeds``), the single model through the library."""
     from jaxrel.checkpoint import load_models
     from jaxrel.train import train_potential
 
-    common = dict(model="schnet", n_features=8, n_interactions=1, epochs=1, dtype="float64", progress=False)
-    ensemble = train_potential(dimers, tmp_path / "ens", seeds=2, **common)
-    single = train_potential(dimers, tmp_path / "one", **common)
+    assert main(["train", "--data", str(dimers), "--features", "8", "--interactions", "1", "--epochs", "1",
+                 "--dtype", "float64", "--seeds", "2", "--seed", "0", "--quiet", "--out", str(tmp_path / "ens")]) == 0
+    assert json.loads(capsys.readouterr().out)["seeds"] == [0, 1]
+    listing = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert listing["members"] == ["model_seed0", "model_seed1"] and listing["seeds"] == [0, 1]
+    ensemble = json.loads((tmp_path / "ens" / "metrics.json").read_text())
+    single = train_potential(dimers, tmp_path / "one", model="schnet", n_features=8, n_interactions=1, epochs=1,
+                             dtype="float64", progress=False)
     members = load_models(tmp_path / "ens")
     assert [m[2]["seed"] for m in members] == [0, 1] == ensemble["seeds"]
     (_, only, _), = load_models(tmp_path / "one" / "model")
@@ -121,13 +127,7 @@ def test_an_ensemble_member_equals_the_single_model_trained_from_the_same_seed(t
     assert any(not np.allclose(a, b) for a, b in zip(first, jax.tree.leaves(nnx.to_pure_dict(members[1][1]))))
     spread = ensemble["test_std"]["forces_mae_meV_per_A"]
     assert spread > 0 and ensemble["test_mean"]["forces_mae_meV_per_A"] > 0
-
-
-def test_cli_train_with_seeds_writes_one_checkpoint_per_seed_and_the_ensemble(tmp_path, dimers, capsys):
-    assert main(["train", "--data", str(dimers), "--features", "8", "--interactions", "1", "--epochs", "1",
-                 "--seeds", "2", "--seed", "5", "--quiet", "--out", str(tmp_path / "e")]) == 0
-    listing = json.loads((tmp_path / "e" / "ensemble.json").read_text())
-    assert listing["members"] == ["model_seed5", "model_seed6"] and listing["seeds"] == [5, 6]
-    assert json.loads(capsys.readouterr().out)["seeds"] == [5, 6]
     assert main(["train", "--data", str(dimers), "--epochs", "1", "--seeds", "0", "--out", str(tmp_path / "z")]) == 2
     assert "seeds (--seeds) is 0" in capsys.readouterr().err
+
+

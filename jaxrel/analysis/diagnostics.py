@@ -21,7 +21,7 @@ Each diagnostic below is one number per model (:data:`DEFINITIONS`):
   together). The diagnostics take the maximum over species pairs.
 * **Decay length**: the longest exponential decay length of the GNN-LRP pair relevance over
   species pairs (:func:`jaxrel.analysis.numerics.interaction_strength`, Esders et al. 2025).
-* **Body-order shares**: the pooled |term| share of the 3-body terms and of everything above
+* **Body-order shares**: the pooled ``|term|`` share of the 3-body terms and of everything above
   them (:func:`jaxrel.analysis.numerics.body_order_shares`), from the MBE and from GNN-LRP.
 * **Seed spread**: the standard deviation of each diagnostic over the seeds of an ensemble
   (:func:`seed_spread`).
@@ -356,7 +356,9 @@ class Power(NamedTuple):
     spearman: rank correlation with the time to instability (NaN when either is constant);
     auc: ROC AUC of the score (higher = unstable in the given direction) for unstable against
     stable models; direction: +1 if larger scores mean unstable, −1 otherwise; n: models
-    with a score; n_unstable: unstable ones among them.
+    with a score; n_unstable: unstable ones among them; partial_spearman: the rank correlation
+    with the time to instability at a fixed control score (e.g. the force MAE;
+    :func:`partial_spearman`), NaN without one.
     """
 
     spearman: float
@@ -364,6 +366,7 @@ class Power(NamedTuple):
     direction: int
     n: int
     n_unstable: int
+    partial_spearman: float = float("nan")
 
 
 def roc_auc(score, unstable) -> float:
@@ -380,7 +383,25 @@ def roc_auc(score, unstable) -> float:
     return float(u / (unstable.sum() * (~unstable).sum()))
 
 
-def predictive_power(score, time_to_instability, unstable, direction: int | None = None) -> Power:
+def partial_spearman(x, y, z) -> float:
+    """Spearman rank correlation of x and y with z held fixed: the partial correlation of the
+    ranks, (ρ_xy − ρ_xz ρ_yz) / √((1 − ρ_xz²)(1 − ρ_yz²)) (Kendall & Stuart, The Advanced
+    Theory of Statistics, vol. 2, §27.23); NaN when a variable is constant or fully explained by z.
+
+    Args:
+        x, y, z: (m,) float, finite.
+    """
+    x, y, z = (np.asarray(a, np.float64) for a in (x, y, z))
+    if min(np.ptp(x), np.ptp(y), np.ptp(z)) == 0:
+        return float("nan")
+    rho = stats.spearmanr(np.stack([x, y, z], axis=1)).statistic
+    xy, xz, yz = rho[0, 1], rho[0, 2], rho[1, 2]
+    denominator = np.sqrt((1 - xz ** 2) * (1 - yz ** 2))
+    return float((xy - xz * yz) / denominator) if denominator > 0 else float("nan")
+
+
+def predictive_power(score, time_to_instability, unstable, direction: int | None = None,
+                     control=None) -> Power:
     """Spearman ρ with the time to instability and the ROC AUC for unstable vs stable.
 
     Args:
@@ -389,6 +410,7 @@ def predictive_power(score, time_to_instability, unstable, direction: int | None
         unstable: (m,) bool.
         direction: +1 (larger = unstable) or −1; None picks the direction with AUC ≥ ½ on
             these models (an in-sample choice: report it as such).
+        control: (m,) float, e.g. the force MAE, for :attr:`Power.partial_spearman`; None for none.
 
     Returns:
         :class:`Power` (``auc`` in the chosen direction).
@@ -404,4 +426,6 @@ def predictive_power(score, time_to_instability, unstable, direction: int | None
     if direction is None:
         direction = 1 if auc >= 0.5 else -1
     rho = stats.spearmanr(score, t).statistic if np.ptp(score) > 0 and np.ptp(t) > 0 else np.nan
-    return Power(float(rho), auc if direction == 1 else 1.0 - auc, direction, int(len(score)), int(unstable.sum()))
+    partial = np.nan if control is None else partial_spearman(score, t, np.asarray(control, np.float64)[keep])
+    return Power(float(rho), auc if direction == 1 else 1.0 - auc, direction, int(len(score)), int(unstable.sum()),
+                 float(partial))

@@ -246,7 +246,7 @@ def plot_population(rows: list[dict], out: Path) -> dict[str, Path]:
                            label=f"{arch}, {molecule}")
         ax.set_xlabel(name)
         ax.set_ylabel("mean time to instability (ps)")
-        if "mae" in name or "spread" in name:
+        if "mae" in name or "spread" in name or name == "decay_length_A":
             ax.set_xscale("symlog", linthresh=1e-3)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")

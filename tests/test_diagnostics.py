@@ -242,3 +242,21 @@ def test_partial_spearman_equals_the_correlation_of_rank_residuals_and_removes_a
     p = predictive_power(x, y, y < 0, control=z)
     assert p.partial_spearman == pytest.approx(expected, rel=1e-10)
     assert np.isnan(partial_spearman(x, y, np.ones(60)))
+
+
+def test_decay_length_is_the_longest_over_species_pairs_of_an_exponential_pair_relevance():
+    from types import SimpleNamespace
+
+    from jaxrel.relevance import Table
+
+    rng = np.random.default_rng(3)
+    r = rng.uniform(1.0, 4.0, 4000)
+    species = np.where(np.arange(4000)[:, None] % 2 == 0, [1, 1], [1, 8])
+    decay = np.where(species[:, 1] == 1, 0.8, 1.6)             # H–H decays over 0.8 Å, H–O over 1.6 Å
+    table = Table(frame=np.zeros(4000), atoms=np.tile([0, 1], (4000, 1)), species=species,
+                  relevance=-2.0 * np.exp(-r / decay), distances=r[:, None])
+    frames = np.array([[[0, 0, 0], [0.95, 0, 0], [0, 1.2, 0]]], float)
+    d = stability_diagnostics(HandPairPotential(False), None, frames, np.array([1, 1, 8]),
+                              explanations={"gi": SimpleNamespace(tables={2: table})})
+    assert d.values["decay_length_A"] == pytest.approx(1.6, rel=0.02)
+    assert d.values["mbe_three_body_share"] is None and d.values["relevance_three_body_share"] is None

@@ -717,6 +717,116 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
                        n_reallocations=n_reallocations)
 
 
+class Rollout(NamedTuple):
+    """A pure NVE trajectory (:func:`rollout`).
+
+    Fields (S = n_steps // save_every + 1 saved frames; frame k after k · save_every steps)::
+
+        positions           (S, n_atoms, 3) | Å, not wrapped into the cell
+        velocities          (S, n_atoms, 3) | Å/fs
+        potential_energy_eV (S,) | eV
+        kinetic_energy_eV   (S,) | eV
+        overflow            () bool | the fixed-capacity neighbour list overflowed at some step:
+                            the trajectory missed pairs and is wrong; build the rollout with a
+                            larger ``capacity_multiplier``
+    """
+
+    positions: jax.Array
+    velocities: jax.Array
+    potential_energy_eV: jax.Array
+    kinetic_energy_eV: jax.Array
+    overflow: jax.Array
+
+
+def rollout(potential, species, positions, *, n_steps: int, dt_fs: float = 0.5, save_every: int = 1,
+            cell=None, masses=None, capacity_multiplier: float = 1.5) -> Callable[..., Rollout]:
+    """A pure, differentiable NVE rollout: ``run(params, positions, velocities) -> Rollout``.
+
+    Velocity Verlet (``jax_md.simulate.nve``, Swope et al. 1982) in one ``lax.scan`` with no
+    host-side step, so ``run`` composes with ``jax.jit``, ``jax.vmap`` and ``jax.grad``: the
+    gradient of a trajectory observable (e.g. the mean potential energy, or a smoothed RDF
+    bin) with respect to the model's params, the start positions or velocities is exact
+    backpropagation through the integrator (Schoenholz & Cubuk 2020, arXiv:1912.04232).
+    The forces are the same as :func:`simulate`'s (the model on JAX MD's sparse neighbour
+    list, updated at every force evaluation), so with the same start the positions agree with
+    an NVE :func:`simulate` run to rounding.
+
+    When it applies: the neighbour list has a fixed capacity, allocated here from
+    ``positions`` with ``capacity_multiplier`` headroom, and nothing can reallocate it inside
+    the scan. A run that needs more pairs than that (a compressed liquid, a collapsing
+    molecule) sets ``overflow`` and its trajectory is wrong: check it, and rebuild with a
+    larger multiplier. There is no instability detection and no thermostat; for long or
+    unstable runs use :func:`simulate`. Memory for ``jax.grad`` grows with ``n_steps``
+    (wrap the step in ``jax.checkpoint`` for long runs).
+
+    Args:
+        potential: an energy model (as :func:`simulate`).
+        species: (n_atoms,) int atomic numbers.
+        positions: (n_atoms, 3) Å, the structure the neighbour list is allocated for (``run``
+            may start from other positions of the same system).
+        n_steps: integration steps (≥ 1); dt_fs: time step, fs; save_every: steps between
+            saved frames (divides ``n_steps``).
+        cell: (3, 3) Å rows, at least twice the cutoff wide, or None; masses: (n_atoms,) amu
+            (default: the elements').
+        capacity_multiplier: neighbour capacity as a multiple of the pairs at allocation (≥ 1).
+
+    Returns:
+        ``run(params, positions (n_atoms, 3) Å, velocities (n_atoms, 3) Å/fs) -> Rollout``.
+    Raises:
+        ValueError: as :func:`simulate` for the structure, species, cell, masses and dtype;
+            ``n_steps`` or ``save_every`` not positive integers, or ``save_every`` not dividing
+            ``n_steps``; ``capacity_multiplier`` < 1; a gap or dipole model.
+    """
+    if getattr(potential.config, "target", "energy") != "energy":
+        potential.check_energy_target("molecular dynamics")
+    for name, value in (("n_steps", n_steps), ("save_every", save_every)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} is {value}; it must be a positive integer")
+    if n_steps % save_every:
+        raise ValueError(f"save_every = {save_every} does not divide n_steps = {n_steps}; choose a divisor")
+    if not capacity_multiplier >= 1:
+        raise ValueError(f"capacity_multiplier is {capacity_multiplier}; it must be at least 1")
+    dtype = _model_dtype(potential)
+    pos, species, cell, masses_amu, _ = _checked_inputs(potential, positions, species, cell, masses, None)
+    if pos.shape[0] != 1:
+        raise ValueError(f"positions have shape {np.shape(positions)}; a rollout takes one structure (n_atoms, 3); "
+                         "jax.vmap the returned function over replicas")
+    shift, neighbor_fn = neighbor_list_fn(potential.config.cutoff, cell_key(cell), capacity_multiplier, dtype.name)
+    physics = {"dt": jnp.asarray(dt_fs, dtype), "kT": jnp.zeros((), dtype), "species": jnp.asarray(species),
+               "mass": jnp.asarray(masses_amu * AMU, dtype), "cell": None if cell is None else jnp.asarray(cell, dtype)}
+    allocated = neighbor_fn.allocate(jnp.asarray(pos[0], dtype))
+    energy_fn = _energy_fn(potential, physics)
+    init_fn, apply_fn, _ = _integrator("nve", energy_fn, shift, physics)
+    mass = physics["mass"][:, None]
+
+    def observe(state, nbr, params):
+        return (state.position, state.velocity, energy_fn(state.position, neighbor=nbr, params=params),
+                jmd.kinetic_energy(state))
+
+    def run(params, positions, velocities) -> Rollout:
+        nbr = allocated.update(positions)
+        state = init_fn(jax.random.PRNGKey(0), positions, physics["mass"], velocities * mass, neighbor=nbr,
+                        params=params)
+        start = observe(state, nbr, params)
+
+        def block(carry, _):
+            def step(carry, _):
+                state, nbr, overflow = carry
+                state = apply_fn(state, neighbor=nbr, params=params)
+                nbr = nbr.update(state.position)
+                return (state, nbr, overflow | nbr.did_buffer_overflow), None
+
+            carry = jax.lax.scan(step, carry, None, length=save_every)[0]
+            return carry, observe(*carry[:2], params)
+
+        (_, _, overflow), saved = jax.lax.scan(block, (state, nbr, nbr.did_buffer_overflow), None,
+                                               length=n_steps // save_every)
+        frames = [jnp.concatenate([a[None], b]) for a, b in zip(start, saved)]
+        return Rollout(*frames, overflow)
+
+    return run
+
+
 def _resumed(start: MDState, template, n_replicas: int, config: MDConfig, velocities):
     """The integrator state of ``start`` as the pytree of ``template`` (from
     ``jax.eval_shape`` of :func:`_start`), or ValueError when it cannot continue."""

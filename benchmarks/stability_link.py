@@ -153,7 +153,7 @@ def population_rows(specs: list[dict]) -> list[dict]:
     rows = []
     for spec in specs:
         metrics = json.loads((spec["folder"] / "metrics.json").read_text())
-        spread = seed_spread([_as_diagnostics(d) for d in spec["diagnostics"]])
+        spread = seed_spread([d["values"] for d in spec["diagnostics"]])
         for md, diag in zip(spec["md"], spec["diagnostics"]):
             test = metrics["members"][str(md["seed"])]["test"]
             rows.append({"model": spec["name"], "molecule": spec["molecule"], "architecture": spec["architecture"],
@@ -176,11 +176,6 @@ def _unstable(md: dict) -> bool:
 
 SPREAD_SCORES = ("mbe_inner_well_eV", "relevance_inner_well_eV", "mbe_three_body_share")
 """Diagnostics whose seed spread (over the two seeds of a group) is scored too."""
-
-
-def _as_diagnostics(summary: dict):
-    from jaxrel.analysis.diagnostics import Diagnostics
-    return Diagnostics(summary["values"], {}, {}, summary["rule"])
 
 
 def scores(rows: list[dict]) -> dict[str, np.ndarray]:

@@ -316,7 +316,7 @@ def ensemble_diagnostics(models: list[tuple], reference_positions, species, cell
                                      rules=rules) for p, q in models]
     if len(members) == 1:
         return members[0], {name: None for name in DEFINITIONS}
-    spread = seed_spread(members)
+    spread = seed_spread([m.values for m in members])
     values = dict(members[0].values)
     for name in DIMER_DIAGNOSTICS:
         if values[name] is not None:
@@ -334,9 +334,13 @@ def ensemble_diagnostics(models: list[tuple], reference_positions, species, cell
     return Diagnostics(values, wells, curves, members[0].rule), spread
 
 
-def seed_spread(members: list[Diagnostics]) -> dict[str, float | None]:
+def seed_spread(members: list[dict[str, float | None]]) -> dict[str, float | None]:
     """Standard deviation (ddof = 1) of each diagnostic over the seeds of an ensemble; None
     where fewer than two members have a value.
+
+    Args:
+        members: each seed's :attr:`Diagnostics.values` (or the ``"values"`` of its
+            :meth:`Diagnostics.summary`).
 
     Raises:
         ValueError: no members.
@@ -345,7 +349,7 @@ def seed_spread(members: list[Diagnostics]) -> dict[str, float | None]:
         raise ValueError("no diagnostics to spread: give one per seed")
     out = {}
     for name in DEFINITIONS:
-        values = [m.values[name] for m in members if m.values.get(name) is not None]
+        values = [m[name] for m in members if m.get(name) is not None]
         out[name] = float(np.std(values, ddof=1)) if len(values) > 1 else None
     return out
 

@@ -31,6 +31,7 @@ benchmarks/results/stability_link/. Data: $JAXREL_DATA or ../shared/data.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -100,52 +101,64 @@ def md_config(time_ps: float) -> MDConfig:
                     log_every=100, tau_fs=10.0, seed=0)
 
 
-def run_stability(spec: dict, time_ps: float, n_replicas: int) -> list[dict]:
-    """MD stability of each seed of one ensemble (cached in the ensemble's folder)."""
-    path = spec["folder"] / f"md_{time_ps:g}ps_{n_replicas}replicas.json"
+@functools.lru_cache(maxsize=None)
+def molecule_frames(molecule: str):
+    """``(train, test)`` frames of an rMD17 molecule (train_01 and test_01), read once per run."""
+    rmd17 = data_dir() / "rmd17"
+    return (read_frames(rmd17 / f"rmd17_{molecule}_train_01.npz"),
+            read_frames(rmd17 / f"rmd17_{molecule}_test_01.npz"))
+
+
+def cached(path: Path, compute) -> list[dict]:
+    """The JSON at ``path``, or ``compute()`` written there first."""
     if path.is_file():
         return json.loads(path.read_text())
-    rmd17 = data_dir() / "rmd17"
-    test = read_frames(rmd17 / f"rmd17_{spec['molecule']}_test_01.npz")
-    train = read_frames(rmd17 / f"rmd17_{spec['molecule']}_train_01.npz")
-    reference = np.concatenate([train.positions, test.positions])
-    starts = list(range(0, 250 * n_replicas, 250))
-    config = md_config(time_ps)
-    out = []
-    for potential, params, metadata in load_models(spec["folder"]):
-        tic = time.perf_counter()
-        traj = simulate(potential, params, test.positions[starts], test.species, config=config, progress=False)
-        report = stability_report(traj, reference, test.species, molecule=True, ensemble=config.ensemble)
-        times = [r["time_to_instability_ps"] for r in report["replicas"]]
-        out.append({"seed": metadata["seed"], "stable": report["stable"],
-                    "time_to_instability_ps": times,
-                    "mean_time_to_instability_ps": float(np.mean([time_ps if t is None else t for t in times])),
-                    "instability": [r["instability"] for r in report["replicas"]],
-                    "hr_mae": report["hr_mae"], "steps_per_second": report["steps_per_second"],
-                    "wall_seconds": time.perf_counter() - tic})
-        print(f"MD {spec['name']} seed {metadata['seed']}: stable={report['stable']} times={times} "
-              f"({out[-1]['wall_seconds']:.0f} s)", flush=True)
+    out = compute()
     write_json(path, out)
     return out
+
+
+def run_stability(spec: dict, time_ps: float, n_replicas: int) -> list[dict]:
+    """MD stability of each seed of one ensemble (cached in the ensemble's folder)."""
+    def compute():
+        train, test = molecule_frames(spec["molecule"])
+        reference = np.concatenate([train.positions, test.positions])
+        starts = list(range(0, 250 * n_replicas, 250))
+        config = md_config(time_ps)
+        out = []
+        for potential, params, metadata in load_models(spec["folder"]):
+            tic = time.perf_counter()
+            traj = simulate(potential, params, test.positions[starts], test.species, config=config, progress=False)
+            report = stability_report(traj, reference, test.species, molecule=True, ensemble=config.ensemble)
+            times = [r["time_to_instability_ps"] for r in report["replicas"]]
+            out.append({"seed": metadata["seed"], "stable": report["stable"],
+                        "time_to_instability_ps": times,
+                        "mean_time_to_instability_ps": float(np.mean([time_ps if t is None else t for t in times])),
+                        "instability": [r["instability"] for r in report["replicas"]],
+                        "hr_mae": report["hr_mae"], "steps_per_second": report["steps_per_second"],
+                        "wall_seconds": time.perf_counter() - tic})
+            print(f"MD {spec['name']} seed {metadata['seed']}: stable={report['stable']} times={times} "
+                  f"({out[-1]['wall_seconds']:.0f} s)", flush=True)
+        return out
+
+    return cached(spec["folder"] / f"md_{time_ps:g}ps_{n_replicas}replicas.json", compute)
 
 
 def run_diagnostics(spec: dict, n_frames: int) -> list[dict]:
     """Diagnostics of each seed of one ensemble (cached): r_ref from the training file, the
     decompositions (MBE and GNN-LRP GI, 1–3-body) of the first ``n_frames`` test frames."""
-    path = spec["folder"] / f"diagnostics_{n_frames}frames.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    rmd17 = data_dir() / "rmd17"
-    test = read_frames(rmd17 / f"rmd17_{spec['molecule']}_test_01.npz")
-    train = read_frames(rmd17 / f"rmd17_{spec['molecule']}_train_01.npz")
-    out = []
-    for potential, params, metadata in load_models(spec["folder"]):
-        tic = time.perf_counter()
-        explanations = decompose(potential, params, test.select(np.arange(n_frames)), rules=("gi",), forces=False)
-        d = stability_diagnostics(potential, params, train.positions, train.species, explanations=explanations)
-        out.append({"seed": metadata["seed"], **d.summary(), "seconds": time.perf_counter() - tic})
-    write_json(path, out)
-    return out
+    def compute():
+        train, test = molecule_frames(spec["molecule"])
+        out = []
+        for potential, params, metadata in load_models(spec["folder"]):
+            tic = time.perf_counter()
+            explanations = decompose(potential, params, test.select(np.arange(n_frames)), rules=("gi",),
+                                     forces=False)
+            d = stability_diagnostics(potential, params, train.positions, train.species, explanations=explanations)
+            out.append({"seed": metadata["seed"], **d.summary(), "seconds": time.perf_counter() - tic})
+        return out
+
+    return cached(spec["folder"] / f"diagnostics_{n_frames}frames.json", compute)
 
 
 def population_rows(specs: list[dict]) -> list[dict]:
@@ -221,9 +234,7 @@ def power_table(rows: list[dict], label: str = "unstable") -> dict:
 
 def plot_population(rows: list[dict], out: Path) -> dict[str, Path]:
     """Each score against the mean time to instability, one colour per architecture."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from jaxrel.analysis.plots import save_figure
 
@@ -231,7 +242,8 @@ def plot_population(rows: list[dict], out: Path) -> dict[str, Path]:
     t = np.array([r["mean_time_to_instability_ps"] for r in rows])
     architectures = sorted({r["architecture"] for r in rows})
     names = list(values)
-    fig, axes = plt.subplots(3, 4, figsize=(16, 11))
+    fig = Figure(figsize=(16, 11))
+    axes = fig.subplots(3, 4)
     for ax, name in zip(axes.flat, names):
         for k, arch in enumerate(architectures):
             pick = np.array([r["architecture"] == arch for r in rows])

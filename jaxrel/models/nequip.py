@@ -127,14 +127,20 @@ class Interaction(nnx.Module):
                 _per_component(gates, vectors.irreps), vectors.array)))
         return e3nn.concatenate(parts)
 
-    def __call__(self, h: jax.Array, graph: Graph, sh: e3nn.IrrepsArray, rbf: jax.Array,
-                 fcut: jax.Array, rules: RuleSet) -> jax.Array:
+    def edge_weights(self, rbf: jax.Array, fcut: jax.Array) -> jax.Array:
+        """One weight per path and channel, (n_edges, n_paths): distances only (identity rules)."""
+        return self.filter(rbf, RuleSet("identity")) * fcut[:, None]
+
+    def pre(self, h: jax.Array, rules: RuleSet) -> jax.Array:
+        """Node-wise part before the gather: Linear_up(h), (n_atoms, irreps_in.dim)."""
+        return self.up(e3nn.IrrepsArray(self.irreps_in, h), rules).array
+
+    def post(self, h: jax.Array, up_sent: jax.Array, graph: Graph, sh: e3nn.IrrepsArray,
+             weights: jax.Array, rules: RuleSet) -> jax.Array:
+        """SelfConnection(h) + Gate(Linear_down(Σ_j w ⊙ [up_j ⊗ Y(r̂_ij)])) from up_sent = up[senders]."""
         x = e3nn.IrrepsArray(self.irreps_in, h)
-        up = self.up(x, rules)
-        messages = e3nn.tensor_product(up[graph.senders], sh, filter_ir_out=self.keep)
-        # one weight per path and channel; identity rules: the filter is an edge weight
-        weights = self.filter(rbf, RuleSet("identity")) * fcut[:, None]
-        messages = messages * weights
+        messages = e3nn.tensor_product(e3nn.IrrepsArray(self.irreps_in, up_sent), sh,
+                                       filter_ir_out=self.keep) * weights
         aggregated = e3nn.IrrepsArray(messages.irreps, jax.ops.segment_sum(
             messages.array, graph.receivers, num_segments=h.shape[0]) * NEIGHBOUR_NORMALISATION)
         out = self.gate(self.down(aggregated, rules), rules)
@@ -176,11 +182,12 @@ class NequIP(nnx.Module):
         """h⁽⁰⁾: F_0 scalar features, (n_atoms, n_features)."""
         return self.embedding(species_index)
 
-    def layer_functions(self, graph: Graph, rules: RuleSet):
-        """Per-layer maps of one frame: ``([h⁽ᵗ⁻¹⁾ ↦ h⁽ᵗ⁾ for t = 1..T], h⁽ᵀ⁾ ↦ y)``.
+    def message_functions(self, graph: Graph, rules: RuleSet):
+        """Per-layer message-passing split of one frame (see :class:`jaxrel.models.Potential`).
 
-        States are plain arrays (n_atoms, irreps.dim) in e3nn-jax's layout: h⁽⁰⁾ and h⁽ᵀ⁾ are
-        F_0 scalars, inner states F_0×0e + F_1×1o + …; y is (n_atoms,).
+        Layer t is h⁽ᵗ⁾ = post_t(h⁽ᵗ⁻¹⁾, pre_t(h⁽ᵗ⁻¹⁾)[senders]). States are plain arrays
+        (n_atoms, irreps.dim) in e3nn-jax's layout: h⁽⁰⁾ and h⁽ᵀ⁾ are F_0 scalars, inner states
+        F_0×0e + F_1×1o + …; y is (n_atoms,).
         """
         vec, r = edge_lengths(graph)
         fcut = cosine_cutoff(r, self.cutoff) * graph.edge_mask
@@ -189,10 +196,13 @@ class NequIP(nnx.Module):
         rbf = sinc_rbf(r, self.cutoff, self.n_rbf)
         n_layers = len(self.interactions)
 
-        def interaction(t):
-            return lambda h: self.interactions[t](h, graph, sh, rbf, fcut, rules.at_layer(t + 1))
+        def split(t):
+            block, layer_rules = self.interactions[t], rules.at_layer(t + 1)
+            weights = block.edge_weights(rbf, fcut)
+            return (lambda h: block.pre(h, layer_rules),
+                    lambda h, up_sent: block.post(h, up_sent, graph, sh, weights, layer_rules))
 
         def readout(h):
             return self.readout(h, rules.at_layer(n_layers + 1))[:, 0]
 
-        return [interaction(t) for t in range(n_layers)], readout
+        return [split(t) for t in range(n_layers)], readout

@@ -28,12 +28,21 @@ class Message(nnx.Module):
                        param_dtype=param_dtype)
         self.filter = nnx.Linear(n_rbf, 3 * n_features, rngs=rngs, param_dtype=param_dtype)
 
-    def __call__(self, s, v, graph: Graph, rbf, fcut, unit, rules: RuleSet):
+    def edge_weights(self, rbf, fcut):
+        """W(r_ij) · f_cut(r_ij), (n_edges, 3F): distances only, fixed edge weights."""
+        return self.filter(rbf) * fcut[:, None]
+
+    def pre(self, s, v, rules: RuleSet):
+        """Node-wise part before the gather: (φ(s) (n_atoms, 3F), v (n_atoms, 3, F))."""
+        return self.phi(s, rules), v
+
+    def post(self, s, v, sent, graph: Graph, w, unit, rules: RuleSet):
+        """(s + Σ_j a, v + Σ_j b ⊙ v_j + c ⊙ r̂_ij) from the gathered (φ(s)[senders], v[senders])."""
         n = s.shape[0]
-        x = self.phi(s, rules)[graph.senders] * (self.filter(rbf) * fcut[:, None])
-        a, b, c = jnp.split(x, 3, axis=-1)
+        phi_sent, v_sent = sent
+        a, b, c = jnp.split(phi_sent * w, 3, axis=-1)
         # c ⊙ r̂: r̂ depends on distances only (an edge weight), so c is not a frozen gate.
-        dv = rules.product(b[:, None, :], v[graph.senders]) + c[:, None, :] * unit[:, :, None]
+        dv = rules.product(b[:, None, :], v_sent) + c[:, None, :] * unit[:, :, None]
         ds = jax.ops.segment_sum(a, graph.receivers, num_segments=n)
         dv = jax.ops.segment_sum(dv, graph.receivers, num_segments=n)
         return s + ds, v + dv
@@ -75,11 +84,12 @@ class PaiNN(nnx.Module):
         """Scalar features s⁽⁰⁾, (n_atoms, n_features); v⁽⁰⁾ = 0."""
         return self.embedding(species_index)
 
-    def layer_functions(self, graph: Graph, rules: RuleSet):
-        """Per-layer maps of one frame: ``([h⁽ᵗ⁻¹⁾ ↦ h⁽ᵗ⁾ for t = 1..T], h⁽ᵀ⁾ ↦ y)``.
+    def message_functions(self, graph: Graph, rules: RuleSet):
+        """Per-layer message-passing split of one frame (see :class:`jaxrel.models.Potential`).
 
-        h⁽⁰⁾ is the scalar embedding s⁽⁰⁾ (n_atoms, F) (v⁽⁰⁾ = 0 is created by layer 1);
-        later states are (s (n_atoms, F), v (n_atoms, 3, F)); y is (n_atoms,).
+        Layer t is h⁽ᵗ⁾ = post_t(h⁽ᵗ⁻¹⁾, pre_t(h⁽ᵗ⁻¹⁾)[senders]). h⁽⁰⁾ is the scalar embedding
+        s⁽⁰⁾ (n_atoms, F) (v⁽⁰⁾ = 0 is created by layer 1); later states are (s (n_atoms, F),
+        v (n_atoms, 3, F)); the update block is node-wise, inside post; y is (n_atoms,).
         """
         vec, r = edge_lengths(graph)
         fcut = cosine_cutoff(r, self.cutoff) * graph.edge_mask
@@ -87,15 +97,20 @@ class PaiNN(nnx.Module):
         unit = unit_vectors(vec, r)
         n_layers = len(self.messages)
 
-        def interaction(t):
-            def layer(h):
-                s, v = (h, jnp.zeros((h.shape[0], 3, h.shape[1]), h.dtype)) if t == 0 else h
-                layer_rules = rules.at_layer(t + 1)
-                s, v = self.messages[t](s, v, graph, rbf, fcut, unit, layer_rules)
+        def state(t, h):
+            return (h, jnp.zeros((h.shape[0], 3, h.shape[1]), h.dtype)) if t == 0 else h
+
+        def split(t):
+            message, layer_rules = self.messages[t], rules.at_layer(t + 1)
+            w = message.edge_weights(rbf, fcut)
+
+            def post(h, sent):
+                s, v = message.post(*state(t, h), sent, graph, w, unit, layer_rules)
                 return self.updates[t](s, v, layer_rules)
-            return layer
+
+            return lambda h: message.pre(*state(t, h), layer_rules), post
 
         def readout(h):
             return self.readout(h[0], rules.at_layer(n_layers + 1))[:, 0]
 
-        return [interaction(t) for t in range(n_layers)], readout
+        return [split(t) for t in range(n_layers)], readout

@@ -46,7 +46,12 @@ EQUIVARIANT = ("nequip",)  # architectures with irreps features (``lmax``, ``fea
 def has_layers(net) -> bool:
     """True for message-passing nets (SchNet, PaiNN, NequIP; a class or an instance), whose forward pass
     splits into layers; False for the body-ordered model."""
-    return hasattr(net, "layer_functions")
+    return hasattr(net, "message_functions")
+
+
+def compose_layer(pre, post, graph: Graph):
+    """The layer h ↦ post(h, pre(h)[senders]) of a message-passing split (every leaf gathered)."""
+    return lambda h: post(h, jax.tree.map(lambda x: x[graph.senders], pre(h)))
 
 NO_LAYERS = ("the body-ordered model has no message-passing layers for GNN-LRP: its energy is an "
              "explicit sum of 2- and 3-body terms")
@@ -179,7 +184,7 @@ def species_lookup(species_list: tuple[int, ...], species: jax.Array) -> jax.Arr
 class EnergyModel(nnx.Module):
     """The network plus fixed per-species shifts, the output scale and the readout.
 
-    A message-passing net (SchNet, PaiNN, NequIP) provides ``embed`` and ``layer_functions``; a net
+    A message-passing net (SchNet, PaiNN, NequIP) provides ``embed`` and ``message_functions``; a net
     without layers (the body-ordered model) provides ``atomwise_output(graph,
     species_index)`` instead, and the layer methods raise ``ValueError``.
 
@@ -275,15 +280,21 @@ class EnergyModel(nnx.Module):
         self._check_layers()
         return self.net.embed(species_lookup(self.species, graph.species))
 
+    def message_functions(self, graph: Graph, rules: RuleSet):
+        """``(splits, energy_readout)``: per-layer ``(pre, post)`` pairs and h⁽ᵀ⁾ ↦ atomwise energies (eV)."""
+        self._check_layers()
+        splits, readout = self.net.message_functions(graph, rules)
+        return splits, lambda h: self._energy(graph, readout(h), rules)
+
     def layer_functions(self, graph: Graph, rules: RuleSet):
         """``(layers, energy_readout)``: per-layer maps and h⁽ᵀ⁾ ↦ atomwise energies (eV)."""
-        self._check_layers()
-        layers, readout = self.net.layer_functions(graph, rules)
-        return layers, lambda h: self._energy(graph, readout(h), rules)
+        splits, readout = self.message_functions(graph, rules)
+        return [compose_layer(pre, post, graph) for pre, post in splits], readout
 
     def _output_from_embedding(self, h0, graph: Graph, rules: RuleSet) -> jax.Array:
         self._check_layers()
-        layers, readout = self.net.layer_functions(graph, rules)
+        splits, readout = self.net.message_functions(graph, rules)
+        layers = [compose_layer(pre, post, graph) for pre, post in splits]
         h = h0
         for layer in layers:
             h = layer(h)
@@ -400,6 +411,24 @@ class Potential:
             ValueError: an unknown rule name, or the body-ordered model (no layers).
         """
         return self.module(params).layer_functions(graph, resolve_rules(rules))
+
+    def message_functions(self, params, graph: Graph, rules: RuleSet | str = "identity"):
+        """Each layer split at its gather, for the walk-chain relevance engine.
+
+        Layer t is h⁽ᵗ⁾ = post_t(h⁽ᵗ⁻¹⁾, pre_t(h⁽ᵗ⁻¹⁾)[senders]): ``pre_t`` is node-wise (row i of
+        its output depends on row i of its input only), ``post_t`` uses its first argument
+        node-wise and reaches other atoms only through the gathered rows (edge e carries
+        sender e's row to receiver e). The Jacobian block of a walk step j → i is then
+        δ_ij ∂post_i/∂h_i + Σ_{e: j→i} ∂post_i/∂x_e · ∂pre_j/∂h_j.
+
+        Returns:
+            ``(splits, energy_readout)``: ``splits[t - 1] = (pre_t, post_t)`` (pytrees with atoms,
+            or edges for the gathered argument, on axis 0), ``energy_readout`` as in
+            :meth:`layer_functions`. Composing them equals :meth:`layer_functions`.
+        Raises:
+            ValueError: an unknown rule name, or the body-ordered model (no layers).
+        """
+        return self.module(params).message_functions(graph, resolve_rules(rules))
 
     @_per_frame
     def atomwise_energy(self, params, graph: Graph, rules: RuleSet | str = "identity") -> jax.Array:

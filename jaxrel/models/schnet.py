@@ -26,12 +26,17 @@ class Interaction(nnx.Module):
         self.f2out = MLP(n_features, n_features, n_features, shifted_softplus, rngs=rngs,
                          param_dtype=param_dtype)
 
-    def __call__(self, h, graph: Graph, rbf, fcut, rules: RuleSet):
-        # Filters depend on distances only: fixed edge weights for every rule set.
-        w = self.filter(rbf, RuleSet("identity")) * fcut[:, None]
-        x = rules.dense(self.in2f, h)
-        messages = x[graph.senders] * w
-        m = jax.ops.segment_sum(messages, graph.receivers, num_segments=h.shape[0])
+    def edge_weights(self, rbf, fcut):
+        """Filters W(r_ij) · f_cut(r_ij), (n_edges, F): distances only, fixed edge weights for every rule set."""
+        return self.filter(rbf, RuleSet("identity")) * fcut[:, None]
+
+    def pre(self, h, rules: RuleSet):
+        """Node-wise part before the gather: x = W_in h, (n_atoms, F)."""
+        return rules.dense(self.in2f, h)
+
+    def post(self, h, x_sent, graph: Graph, w, rules: RuleSet):
+        """h + f2out(Σ_j x_j ⊙ W(r_ij)) from the gathered x_sent = x[senders], (n_edges, F)."""
+        m = jax.ops.segment_sum(x_sent * w, graph.receivers, num_segments=h.shape[0])
         return h + self.f2out(m, rules)
 
 
@@ -52,21 +57,25 @@ class SchNet(nnx.Module):
         """h⁽⁰⁾, (n_atoms, n_features)."""
         return self.embedding(species_index)
 
-    def layer_functions(self, graph: Graph, rules: RuleSet):
-        """Per-layer maps of one frame: ``([h⁽ᵗ⁻¹⁾ ↦ h⁽ᵗ⁾ for t = 1..T], h⁽ᵀ⁾ ↦ y)``.
+    def message_functions(self, graph: Graph, rules: RuleSet):
+        """Per-layer message-passing split of one frame (see :class:`jaxrel.models.Potential`).
 
-        Features are (n_atoms, n_features); y is the per-atom readout output (n_atoms,).
-        Distance-only quantities (filters, cutoff) are computed once and closed over.
+        Layer t is h⁽ᵗ⁾ = post_t(h⁽ᵗ⁻¹⁾, pre_t(h⁽ᵗ⁻¹⁾)[senders]). Features are (n_atoms,
+        n_features); y is the per-atom readout output (n_atoms,). Distance-only quantities
+        (filters, cutoff) are computed once and closed over.
         """
         _, r = edge_lengths(graph)
         fcut = cosine_cutoff(r, self.cutoff) * graph.edge_mask
         rbf = gaussian_rbf(r, self.cutoff, self.n_rbf)
         n_layers = len(self.interactions)
 
-        def interaction(t):
-            return lambda h: self.interactions[t](h, graph, rbf, fcut, rules.at_layer(t + 1))
+        def split(t):
+            block, layer_rules = self.interactions[t], rules.at_layer(t + 1)
+            w = block.edge_weights(rbf, fcut)
+            return (lambda h: block.pre(h, layer_rules),
+                    lambda h, x_sent: block.post(h, x_sent, graph, w, layer_rules))
 
         def readout(h):
             return self.readout(h, rules.at_layer(n_layers + 1))[:, 0]
 
-        return [interaction(t) for t in range(n_layers)], readout
+        return [split(t) for t in range(n_layers)], readout

@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxrel.graph import Graph
 from jaxrel.nn import RuleSet, resolve_rules
-from jaxrel.relevance.backward import masked_relevance, padded_layer_sets
+from jaxrel.relevance.chain import chain_relevance, chain_topology, walk_keys
 
 
 def successors(graph: Graph) -> list[np.ndarray]:
@@ -99,14 +99,17 @@ def select_walks(walks: np.ndarray, atoms: int | list[int] | None = None,
 
 def walk_relevance(potential, params, graph: Graph, walks: np.ndarray,
                    rules: RuleSet | str = "gi", chunk_size: int | None = 256) -> np.ndarray:
-    """Relevance R_W (eV) of each given walk, one masked backward per distinct suffix.
+    """Relevance R_W (eV) of each given walk.
+
+    Every walk of the frame comes from one chain of per-step Jacobian blocks
+    (:func:`jaxrel.relevance.chain.chain_relevance`); the given walks are looked up in it.
 
     Args:
         potential, params: the model.
         graph: one frame.
         walks: (n_walks, T + 1) int atom indices (see :func:`enumerate_walks`).
         rules: rule set or its name (default ``"gi"``).
-        chunk_size: suffixes per vmapped backward chunk (bounds memory); None = all.
+        chunk_size: walk steps per chunk of the block product (bounds memory); None = all.
 
     Returns:
         (n_walks,) float64, eV.
@@ -115,15 +118,16 @@ def walk_relevance(potential, params, graph: Graph, walks: np.ndarray,
         ValueError: walks of the wrong length, or steps that are not self-steps or edges.
     """
     walks = np.asarray(walks)
-    _check_walks(graph, walks, potential.config.n_interactions)
+    T = potential.config.n_interactions
+    _check_walks(graph, walks, T)
     if len(walks) == 0:
         return np.zeros(0)
-    suffixes, inverse = np.unique(walks[:, 1:], axis=0, return_inverse=True)
-    sets = np.concatenate([np.full((len(suffixes), 1), -1), suffixes], axis=1)[:, :, None]
-    relevance, _, _ = masked_relevance(potential, params, graph,
-                                       padded_layer_sets(sets.astype(np.int32)), resolve_rules(rules),
-                                       all_start=True, chunk_size=chunk_size)
-    return np.asarray(relevance, np.float64)[inverse.ravel(), walks[:, 0]]
+    topology, every = chain_topology(graph, T)
+    blocks, _, _ = chain_relevance(potential, params, graph, topology, resolve_rules(rules), chunk_size)
+    keys = walk_keys(every.atoms, graph.n_atoms)
+    order = np.argsort(keys)
+    where = order[np.searchsorted(keys[order], walk_keys(walks, graph.n_atoms))]
+    return np.asarray(blocks, np.float64).ravel()[every.flat[where]]
 
 
 def top_k_walks(potential, params, graph: Graph, k: int, rules: RuleSet | str = "gi",

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 import relevance_reference as ref
-from jaxrel.graph import Graph, edge_vectors
+from jaxrel.graph import Graph, build_graphs, edge_vectors
 from jaxrel.nn import RULE_NAMES, RuleSet
-from jaxrel.relevance import connected_sets, mobius_inversion, nbody_decomposition, subset_relevance, walk_relevance
+from jaxrel.relevance import (connected_sets, mobius_inversion, nbody_decomposition, nbody_decompositions, subset_relevance,
+                              walk_relevance)
 from jaxrel.relevance.chain import chain_relevance, chain_topology
-from test_relevance import frame, make
+from test_relevance import CUTOFF, SPECIES, frame, make
 
 TOLERANCE = 1e-10  # relative to the largest |R| of the frame
 
@@ -81,3 +82,22 @@ def test_step_chunks_change_no_block():
     chunked, energy_c, total_c = chain_relevance(pot, params, g, topology, RuleSet("gi"), chunk_size=3)
     np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-15)
     assert (energy, total) == (energy_c, total_c)
+
+
+def test_frames_in_one_vmapped_call_equal_the_frame_by_frame_decomposition():
+    """Three frames with different walk topologies padded to one shape: every table equals
+    the single-frame decomposition, and the frame numbers are kept."""
+    pot, params = make("painn", 2)
+    rng = np.random.default_rng(3)
+    positions = np.asarray(frame().positions)[None] + rng.normal(scale=0.25, size=(3, len(SPECIES), 3))
+    graphs = build_graphs(positions, SPECIES, CUTOFF, min_distance=0.8)
+    assert len({int(np.asarray(graphs.frame(k).edge_mask).sum()) for k in range(3)}) > 1
+    batched = nbody_decompositions(pot, params, graphs, max_order=3, frames=[5, 6, 7], frames_per_call=2)
+    for k, nb in enumerate(batched):
+        single = nbody_decomposition(pot, params, graphs.frame(k), max_order=3, frame=5 + k)
+        for n, table in single.orders.items():
+            np.testing.assert_array_equal(nb.orders[n].atoms, table.atoms)
+            np.testing.assert_array_equal(nb.orders[n].frame, table.frame)
+            close(nb.orders[n].relevance, table.relevance, np.abs(table.relevance).max())
+        np.testing.assert_allclose([nb.energy, nb.total, nb.residual], [single.energy, single.total, single.residual],
+                                   rtol=1e-12, atol=1e-12)

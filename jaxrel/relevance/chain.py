@@ -163,6 +163,47 @@ def chain_topology(graph: Graph, n_interactions: int) -> tuple[ChainTopology, Ch
     return topology, ChainWalks(atoms, flat)
 
 
+def stack_topologies(topologies: list[ChainTopology], walks: list[ChainWalks]) -> tuple[ChainTopology, list[ChainWalks]]:
+    """Topologies of frames of one size class padded to common shapes and stacked on a
+    leading frame axis, for one vmapped :func:`chain_relevance` call over the frames.
+
+    Padded steps, slots and suffixes point at index 0 with zero weight and are never read;
+    padded edges stay dropped. Each frame's walks get their positions in the padded block.
+
+    Returns:
+        ``(topology with a leading frame axis, walks per frame)``.
+    """
+    first = topologies[0]
+    for t in topologies[1:]:
+        if len(t.suffix_at) != len(first.suffix_at) or t.edge_step.shape != first.edge_step.shape:
+            raise ValueError("frames of one call must share the model depth and the edge capacity (one size class)")
+    n_steps = max(len(t.step_src) for t in topologies)
+
+    def pad(arrays, fill=0):
+        width = [max(a.shape[k] for a in arrays) for k in range(arrays[0].ndim)]
+        return np.stack([np.pad(a, [(0, w - n) for w, n in zip(width, a.shape)], constant_values=fill)
+                         for a in arrays])
+
+    def field(name, fill=0):
+        return pad([getattr(t, name) for t in topologies], fill)
+
+    def levels(name, fill):
+        return tuple(pad([getattr(t, name)[k] for t in topologies], fill) for k in range(len(getattr(first, name))))
+
+    edge_step = np.stack([np.where(t.edge_step == len(t.step_src), n_steps, t.edge_step) for t in topologies])
+    stacked = ChainTopology(field("real"), field("step_src"), field("step_dst"), field("step_self"), edge_step,
+                            field("edge_in_slot"), np.arange(max(len(t.in_slots) for t in topologies), dtype=np.int32)[None]
+                            .repeat(len(topologies), 0), field("prefix_at", -1), levels("suffix_at", -1),
+                            levels("expand_parent", 0), levels("expand_slot", 0), levels("expand_step", 0))
+    P, K = stacked.prefix_at.shape[2], stacked.suffix_at[-1].shape[2]
+    moved = []
+    for t, w in zip(topologies, walks):
+        p, k = t.prefix_at.shape[1], t.suffix_at[-1].shape[1]
+        q, rest = np.divmod(w.flat, p * k)
+        moved.append(ChainWalks(w.atoms, (q * P + rest // k) * K + rest % k))
+    return stacked, moved
+
+
 def _flat(tree, lead: int) -> jax.Array:
     """Leaves reshaped to (leading axes…, −1) and concatenated on the last axis."""
     return jnp.concatenate([x.reshape(x.shape[:lead] + (-1,)) for x in jax.tree.leaves(tree)], axis=-1)

@@ -39,12 +39,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxrel.files import savez, write_json
 from jaxrel.graph import Graph, build_graphs
 from jaxrel.nn import RuleSet, resolve_rules
-from jaxrel.relevance.nbody import check_max_order, nbody_decomposition
+from jaxrel.relevance.nbody import check_max_order, nbody_decompositions
 from jaxrel.relevance.table import COLUMNS, Table, frame_positions
 from jaxrel.version import __version__
 
@@ -285,12 +284,13 @@ class Explanation:
 
 def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | str = "gi",
             chunk_size: int | None = 256, frame_index=None, model_path=None, data_path=None,
-            progress: bool = False) -> Explanation:
+            progress: bool = False, n_devices: int | None = None) -> Explanation:
     """Explain frames by their exact 1- to ``max_order``-body GNN-LRP relevance terms.
 
-    For each frame: one forward pass, masked backward passes over the connected atom sets
-    (vmapped, chunked), Möbius inversion to n-body terms (:func:`nbody_decomposition`), and
-    the accounting E = species shifts + Σ relevance + conservation error.
+    For each frame: every walk's relevance from the chain of per-step Jacobian blocks, summed
+    per atom set into exact n-body terms (:func:`~jaxrel.relevance.nbody.nbody_decompositions`:
+    frames of one size class in one vmapped call, spread over devices), and the accounting
+    E = species shifts + Σ relevance + conservation error.
 
     Args:
         potential, params: the model (e.g. from :func:`jaxrel.checkpoint.load_checkpoint`).
@@ -299,12 +299,13 @@ def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | s
             or many frames of one system (the same real atoms in every frame, padding last).
         max_order: highest body order, 1 ≤ max_order ≤ n_interactions + 1.
         rules: a :class:`~jaxrel.nn.RuleSet` or its name (``"gi"``, ``"lrp-eps"``, ``"lrp-gamma"``).
-        chunk_size: masks per vmapped backward chunk (bounds memory); None = all at once.
+        chunk_size: walk steps per chunk of the block product (bounds memory); None = all at once.
         frame_index: (F,) int frame numbers recorded in the tables (default 0..F−1), e.g. the
             indices of the selected frames in the data file.
         model_path, data_path: recorded in the metadata (the report finds ground truth
             through ``data_path``).
-        progress: a progress bar over frames.
+        progress: a progress bar over compiled calls.
+        n_devices: devices to spread the frames over (:mod:`jaxrel.parallel`); None = all.
 
     Returns:
         :class:`Explanation`.
@@ -326,9 +327,8 @@ def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | s
     index = np.arange(n_frames) if frame_index is None else np.asarray(frame_index, np.int64).reshape(-1)
     if len(index) != n_frames:
         raise ValueError(f"frame_index has {len(index)} entries for {n_frames} frames: give one number per frame")
-    results = [nbody_decomposition(potential, params, graph.frame(k), max_order, rules, chunk_size,
-                                   frame=int(index[k]))
-               for k in tqdm(range(n_frames), desc="n-body decomposition", unit="frame", disable=not progress)]
+    results = nbody_decompositions(potential, params, graph, max_order, rules, chunk_size, frames=index,
+                                   n_devices=n_devices, progress=progress)
     atomwise = np.asarray(_atomwise_energy(potential, params, graph), np.float64)[:, :len(species)]
     shift_total = potential.shift_total(params, species)
     tables = with_prior(potential, params, {n: Table.concatenate([r.orders[n] for r in results])

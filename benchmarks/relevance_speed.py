@@ -8,15 +8,18 @@ features (per l), 5 Å cutoff, random weights (speed does not depend on training
 
 Measures, in one run, for each model:
 * one jitted energy + forces evaluation (the unit of the ratios);
-* full walk enumeration with jaxrel (one masked backward per walk suffix, vmapped);
-* the complete 1-, 2- and 3-body decomposition with jaxrel (packed subset masks);
+* all walk relevances with jaxrel (the walk-chain engine, :mod:`jaxrel.relevance.chain`: per-step
+  Jacobian blocks, no per-walk pass);
+* the complete 1-, 2- and 3-body decomposition with jaxrel (walk chain + segment sum per atom
+  set), and side by side the previous method (one masked backward pass per group of packed
+  subsets, :func:`jaxrel.relevance.subset_relevance`, then Möbius inversion) with the largest
+  difference between the two;
 * the exact top-100 walks by best-first search (walks scored vs. all walks), except for the
-  ``--slow-models`` (default NequIP), whose walk enumeration is also timed once, with compilation;
+  ``--slow-models`` (default NequIP), whose masked-pass decomposition is also timed only once;
 * the naive method of the published reference code — one masked forward + backward
   per walk — timed on a random sample of walks and extrapolated to all walks (said so
   in the JSON);
-* compiled peak temporary memory (XLA memory analysis) of the masked backward for
-  different numbers of masks at a fixed chunk size, to show it does not grow with them.
+* compiled peak temporary memory (XLA memory analysis) of the walk chain for this frame.
 
     python benchmarks/relevance_speed.py [--sample 200] [--repeats 3] [--models schnet painn nequip]
         [--slow-models nequip]
@@ -40,8 +43,9 @@ from jaxrel.files import write_json
 from jaxrel.graph import build_graphs
 from jaxrel.models import ModelConfig, Potential
 from jaxrel.nn import RULES
-from jaxrel.relevance import enumerate_walks, nbody_decomposition, top_k_walks, walk_relevance
-from jaxrel.relevance.backward import masked_relevance
+from jaxrel.relevance import (connected_sets, enumerate_walks, mobius_inversion, nbody_decomposition, subset_relevance,
+                              top_k_walks, walk_relevance)
+from jaxrel.relevance.chain import chain_relevance, chain_topology
 
 ROOT = Path(__file__).resolve().parents[1]
 BOX = np.array([20.768, 20.41, 17.969])
@@ -75,8 +79,10 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
 # Same width and depth for every model: 128 features (per l for NequIP), 3 interactions, 5 Å;
 # NequIP with lmax 2 is the size of the SO3net of the published GNN-LRP code (Bonneau et al. 2024).
 MODELS = {"schnet": {}, "painn": {}, "nequip": {"lmax": 2}}
-# masks per vmapped backward: NequIP's per-edge tensor-product activations are ~50× SchNet's
-CHUNK = {"schnet": 256, "painn": 256, "nequip": 16}
+# walk steps per chunk of the chain's block product
+CHUNK = {"schnet": 256, "painn": 256, "nequip": 256}
+# masks per vmapped backward of the masked passes: NequIP's per-edge tensor-product activations are ~50× SchNet's
+MASK_CHUNK = {"schnet": 256, "painn": 256, "nequip": 16}
 SLOW_TOP_K = ("not run: the admissible bounds of the best-first search need one JVP through a whole "
               "layer per input feature (1,152 for NequIP 128 × lmax 2) and graph colour")
 
@@ -95,15 +101,23 @@ def measure(model: str, graph, args) -> dict:
     walks = enumerate_walks(graph, 3)
     enumerate_seconds = time.perf_counter() - start
     slow = model in args.slow_models
-    first_walks, full_r = best_of(lambda: walk_relevance(potential, params, graph, walks, chunk_size=chunk), 1)
-    walk_seconds = first_walks if slow else best_of(
-        lambda: walk_relevance(potential, params, graph, walks, chunk_size=chunk), args.repeats)[0]
+    full_r = walk_relevance(potential, params, graph, walks, chunk_size=chunk)
+    walk_seconds, _ = best_of(lambda: walk_relevance(potential, params, graph, walks, chunk_size=chunk), args.repeats)
 
     first = time.perf_counter()
     nb = nbody_decomposition(potential, params, graph, max_order=3, chunk_size=chunk)
     first = time.perf_counter() - first
     nbody_seconds, _ = best_of(lambda: nbody_decomposition(potential, params, graph, max_order=3, chunk_size=chunk),
                                args.repeats)
+    sets = connected_sets(graph, 3)
+
+    def masked_passes():
+        values = {n: subset_relevance(potential, params, graph, s, chunk_size=MASK_CHUNK[model]) for n, s in sets.items()}
+        return mobius_inversion(sets, values, graph.n_atoms)
+
+    masked_passes()
+    masked_seconds, masked_terms = best_of(masked_passes, 1 if slow else args.repeats)
+    masked_difference = max(float(np.abs(masked_terms[n] - nb.orders[n].relevance).max()) for n in sets)
 
     if slow:
         top_k = {"k": 100, "seconds": None, "not_measured": SLOW_TOP_K}
@@ -145,15 +159,10 @@ def measure(model: str, graph, args) -> dict:
     fast = walk_relevance(potential, params, graph, sample, chunk_size=chunk)
     agreement = float(np.max(np.abs(np.array(naive) - fast)) / np.max(np.abs(fast)))
 
-    memory = {}
-    for n_masks in (1024, 4096, 16384):
-        sets = np.zeros((n_masks, 4, 1), np.int32)
-        compiled = masked_relevance.lower(potential, params, graph, jnp.asarray(sets), RULES["gi"],
-                                          all_start=True, chunk_size=chunk).compile()
-        analysis = compiled.memory_analysis()
-        memory[str(n_masks)] = {
-            "temp_bytes": int(analysis.temp_size_in_bytes),
-            "output_bytes": int(analysis.output_size_in_bytes)} if analysis is not None else None
+    topology, _ = chain_topology(graph, 3)
+    analysis = chain_relevance.lower(potential, params, graph, topology, RULES["gi"], chunk).compile().memory_analysis()
+    memory = None if analysis is None else {"temp_bytes": int(analysis.temp_size_in_bytes),
+                                            "output_bytes": int(analysis.output_size_in_bytes)}
 
     naive_full = len(walks) / naive_rate
     all_walks_seconds = walk_seconds + enumerate_seconds
@@ -164,14 +173,18 @@ def measure(model: str, graph, args) -> dict:
         "n_walks": int(len(walks)),
         "walk_enumeration": {"seconds": all_walks_seconds, "walks_per_second": len(walks) / all_walks_seconds,
                              "ratio_to_energy_and_forces": all_walks_seconds / ef_seconds,
-                             "timing": "one call, compilation included" if slow else
-                             f"best of {args.repeats} after a compiling call"},
+                             "timing": f"best of {args.repeats} after a compiling call, enumeration included"},
         "nbody_decomposition": {
             "max_order": 3, "seconds": nbody_seconds, "seconds_first_call_with_compile": first,
             "ratio_to_energy_and_forces": nbody_seconds / ef_seconds,
             "n_terms": {str(k): int(len(t.atoms)) for k, t in nb.orders.items()},
             "conservation": {"energy_eV": nb.energy, "total_relevance_eV": nb.total,
                              "residual_order_4_eV": nb.residual}},
+        "nbody_by_masked_passes": {
+            "method": "packed subset masks, one masked backward per group (subset_relevance) + Möbius inversion",
+            "seconds": masked_seconds, "ratio_to_energy_and_forces": masked_seconds / ef_seconds,
+            "speedup_of_walk_chain": masked_seconds / nbody_seconds,
+            "max_abs_difference_eV": masked_difference},
         "top_k_walks": top_k,
         "naive_one_pass_per_walk": {
             "measured_walks": args.sample, "seconds_measured": naive_seconds,
@@ -179,7 +192,7 @@ def measure(model: str, graph, args) -> dict:
             "extrapolated": True, "max_relative_difference_to_jaxrel": agreement},
         "speedup": {"walks_vs_naive": (len(walks) / all_walks_seconds) / naive_rate,
                     "nbody_vs_naive_full_enumeration": naive_full / nbody_seconds},
-        "peak_temporary_memory_by_mask_count": memory,
+        "walk_chain_compiled_memory": memory,
     }
 
 
@@ -189,8 +202,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--slow-models", nargs="*", choices=list(MODELS), default=["nequip"],
-                        help="models whose walk enumeration is timed once (compilation included) and "
-                             "whose top-100 search is not run (default: nequip)")
+                        help="models whose masked-pass decomposition is timed once and whose top-100 "
+                             "search is not run (default: nequip)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
 

@@ -39,13 +39,13 @@ def default_rules(potential) -> tuple[str, ...]:
 def audit_to_folder(models: list[tuple], frames, out, *, seeds: list[int] | None = None, frame_index=None,
                     model_path=None, data_path=None, max_order: int = 3, rules=None, forces: bool = True,
                     title: str | None = None, notes: list[str] | None = None, reference=None,
-                    progress: bool = False) -> tuple[Audit, Path]:
+                    progress: bool = False, mesh=None) -> tuple[Audit, Path]:
     """Run the audit of one model or an ensemble and write its folder (module docstring).
 
     Args:
         models: [(potential, params)]: one model, or one per seed of an ensemble (as
             :func:`jaxrel.checkpoint.load_models` gives them, metadata dropped).
-        frames, frame_index, model_path, data_path, max_order, forces: as
+        frames, frame_index, model_path, data_path, max_order, forces, mesh: as
             :func:`~jaxrel.analysis.faithfulness.run_audit`; ground truth is read from
             ``data_path`` when it is a ``jaxrel generate noble-gas`` file.
         out: the output folder (created).
@@ -69,7 +69,7 @@ def audit_to_folder(models: list[tuple], frames, out, *, seeds: list[int] | None
                          "audit it with the MBE alone (leave --rules out)")
     out = Path(out)
     options = dict(max_order=max_order, rules=rules, forces=forces, frame_index=frame_index,
-                   model_path=model_path, data_path=data_path, progress=progress)
+                   model_path=model_path, data_path=data_path, progress=progress, mesh=mesh)
     truth = load_ground_truth(data_path)
     if len(models) == 1:
         audit = run_audit(*models[0], frames, truth=truth, **options)

@@ -291,8 +291,9 @@ def _verdict(explanations, agreement, physics, three_body) -> str:
 
 def decompose(potential, params, frames, *, max_order: int = 3, rules=AUDIT_RULES, forces: bool = True,
               frame_index=None, model_path=None, data_path=None, chunk_size: int | None = 256,
-              progress: bool = False) -> dict[str, Explanation]:
-    """The MBE (with body-order forces) and each GNN-LRP rule's explanation of the same frames.
+              progress: bool = False, mesh=None) -> dict[str, Explanation]:
+    """The MBE (with body-order forces) and each GNN-LRP rule's explanation of the same frames
+    (GNN-LRP frames split over ``mesh``'s devices, as :func:`jaxrel.relevance.explain`).
 
     Returns:
         {"mbe": Explanation, rule: Explanation, …}.
@@ -309,13 +310,14 @@ def decompose(potential, params, frames, *, max_order: int = 3, rules=AUDIT_RULE
                   progress=progress)
     explanations = {"mbe": many_body_expansion(potential, params, frames, forces=forces, **common)}
     for rule in rules:
-        explanations[rule] = explain(potential, params, frames, rules=rule, chunk_size=chunk_size, **common)
+        explanations[rule] = explain(potential, params, frames, rules=rule, chunk_size=chunk_size, mesh=mesh,
+                                     **common)
     return explanations
 
 
 def run_audit(potential, params, frames, *, max_order: int = 3, rules=AUDIT_RULES, forces: bool = True,
               truth: Mapping | None = None, frame_index=None, model_path=None, data_path=None,
-              chunk_size: int | None = 256, progress: bool = False) -> Audit:
+              chunk_size: int | None = 256, progress: bool = False, mesh=None) -> Audit:
     """Decompose the same frames with the MBE and each GNN-LRP rule (:func:`decompose`), then
     compare them with each other and with ``truth`` (:func:`compare_decompositions`).
 
@@ -328,8 +330,9 @@ def run_audit(potential, params, frames, *, max_order: int = 3, rules=AUDIT_RULE
         forces: split the model's forces by body order with the MBE.
         truth: exact noble-gas terms, or None.
         frame_index, model_path, data_path: recorded in every explanation.
-        chunk_size: masks per vmapped GNN-LRP backward chunk.
+        chunk_size: walk steps per chunk of the GNN-LRP block product (bounds memory).
         progress: progress bars.
+        mesh: a one-axis device mesh the GNN-LRP frames are split over; None = the default device.
 
     Returns:
         :class:`Audit`.
@@ -338,7 +341,8 @@ def run_audit(potential, params, frames, *, max_order: int = 3, rules=AUDIT_RULE
     """
     return compare_decompositions(decompose(potential, params, frames, max_order=max_order, rules=rules,
                                             forces=forces, frame_index=frame_index, model_path=model_path,
-                                            data_path=data_path, chunk_size=chunk_size, progress=progress), truth)
+                                            data_path=data_path, chunk_size=chunk_size, progress=progress,
+                                            mesh=mesh), truth)
 
 
 def run_ensemble_audit(models: list[tuple], seeds: list[int], frames, *, truth: Mapping | None = None,
@@ -351,7 +355,7 @@ def run_ensemble_audit(models: list[tuple], seeds: list[int], frames, *, truth: 
         models: [(potential, params)] one per seed (as :func:`jaxrel.checkpoint.load_models` gives).
         seeds: their seeds.
         frames, truth, options: as :func:`run_audit` (``options``: max_order, rules, forces,
-            frame_index, model_path, data_path, chunk_size, progress).
+            frame_index, model_path, data_path, chunk_size, progress, mesh).
 
     Returns:
         :class:`Audit` with ``seeds`` and ``member_physics`` set.

@@ -284,7 +284,7 @@ class Explanation:
 
 def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | str = "gi",
             chunk_size: int | None = 256, frame_index=None, model_path=None, data_path=None,
-            progress: bool = False, n_devices: int | None = None) -> Explanation:
+            progress: bool = False, mesh=None) -> Explanation:
     """Explain frames by their exact 1- to ``max_order``-body GNN-LRP relevance terms.
 
     For each frame: every walk's relevance from the chain of per-step Jacobian blocks, summed
@@ -305,7 +305,8 @@ def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | s
         model_path, data_path: recorded in the metadata (the report finds ground truth
             through ``data_path``).
         progress: a progress bar over compiled calls.
-        n_devices: devices to spread the frames over (:mod:`jaxrel.parallel`); None = all.
+        mesh: a one-axis device mesh to split the frames over (:func:`jaxrel.parallel.batch_mesh`);
+            None = JAX's default device.
 
     Returns:
         :class:`Explanation`.
@@ -328,7 +329,7 @@ def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | s
     if len(index) != n_frames:
         raise ValueError(f"frame_index has {len(index)} entries for {n_frames} frames: give one number per frame")
     results = nbody_decompositions(potential, params, graph, max_order, rules, chunk_size, frames=index,
-                                   n_devices=n_devices, progress=progress)
+                                   mesh=mesh, progress=progress)
     atomwise = np.asarray(_atomwise_energy(potential, params, graph), np.float64)[:, :len(species)]
     shift_total = potential.shift_total(params, species)
     tables = with_prior(potential, params, {n: Table.concatenate([r.orders[n] for r in results])

@@ -1,17 +1,23 @@
 """Subgraph relevance and the exact n-body decomposition of one or many frames.
 
-Subgraph relevance R(S) = Σ of the relevances of all walks that stay inside S, from one
-masked backward pass with indicator masks m_t = 1_S (Xiong et al., "Efficient
-computation of higher-order subgraph attribution via message passing", ICML 2022).
-
 The exact n-body term of a set S is the summed relevance of the walks whose set of
-distinct atoms is exactly S. Walks follow edges, so that set is always connected, and by
-Möbius inversion over subsets (Schnake et al. TPAMI 2022, arXiv:2006.03589)
+distinct atoms is exactly S (Schnake et al., TPAMI 2022, arXiv:2006.03589). Walks follow
+edges, so that set is always connected. :func:`nbody_decomposition` gets every walk's
+relevance from the walk chain (:mod:`jaxrel.relevance.chain`, per-step Jacobian blocks)
+and sums the walks of each set: a segment sum, no Möbius inversion.
+:func:`nbody_decompositions` does the same for many frames in one vmapped call spread
+over devices.
+
+Subgraph relevance R(S) = Σ of the relevances of all walks that stay inside S comes from
+one masked backward pass with indicator masks m_t = 1_S (Xiong et al., "Efficient
+computation of higher-order subgraph attribution via message passing", ICML 2022);
+:func:`subset_relevance` packs non-interacting sets into shared passes. By Möbius
+inversion over connected subsets,
 
     R_n(S) = R(S) − Σ_{T ⊊ S, T connected} R_|T|(T),
 
-so R_1(i) = R({i}), R_2(i, j) = R({i, j}) − R_1(i) − R_1(j), and so on. Only connected
-sets are evaluated: pairs joined by an edge, triplets with two or more edges among them.
+so R_1(i) = R({i}), R_2(i, j) = R({i, j}) − R_1(i) − R_1(j), and so on
+(:func:`mobius_inversion`): the independent route the walk chain is tested against.
 """
 
 from __future__ import annotations
@@ -82,16 +88,16 @@ def pack_subsets(graph: Graph, subsets: np.ndarray, max_per_pass: int = 32) -> t
 
 def _subset_relevance(potential, params, graph: Graph, subsets: np.ndarray, rules: RuleSet,
                       chunk_size: int | None):
-    """Packed masked passes → (R(S) (n,) eV, energy eV, Σ gradient × input eV)."""
+    """Packed masked passes → R(S) (n,) eV."""
     T = potential.config.n_interactions
     passes, pass_of = pack_subsets(graph, subsets)
     layer_sets = np.repeat(passes[:, None, :], T + 1, axis=1)
-    relevance, energy, gxi = masked_relevance(potential, params, graph, padded_layer_sets(layer_sets),
-                                              rules, all_start=False, chunk_size=chunk_size)
+    relevance, _, _ = masked_relevance(potential, params, graph, padded_layer_sets(layer_sets),
+                                       rules, all_start=False, chunk_size=chunk_size)
     relevance = np.asarray(relevance, np.float64)
     rows = np.repeat(pass_of[:, None], subsets.shape[1], axis=1)
     values = np.where(subsets >= 0, relevance[rows, np.maximum(subsets, 0)], 0.0).sum(-1)
-    return values, float(energy), float(np.asarray(gxi, np.float64).sum())
+    return values
 
 
 def subset_relevance(potential, params, graph: Graph, subsets: np.ndarray,
@@ -121,7 +127,7 @@ def subset_relevance(potential, params, graph: Graph, subsets: np.ndarray,
                          f"({int(real.sum())} atoms)")
     if len(subsets) == 0:
         return np.zeros(0)
-    return _subset_relevance(potential, params, graph, subsets, resolve_rules(rules), chunk_size)[0]
+    return _subset_relevance(potential, params, graph, subsets, resolve_rules(rules), chunk_size)
 
 
 def connected_sets(graph: Graph, max_order: int) -> dict[int, np.ndarray]:
@@ -277,7 +283,7 @@ def _batched_chain(potential, params, graphs: Graph, topologies: ChainTopology, 
 
 
 def nbody_decompositions(potential, params, graph: Graph, max_order: int = 3, rules: RuleSet | str = "gi",
-                         chunk_size: int | None = 256, frames=None, n_devices: int | None = 1,
+                         chunk_size: int | None = 256, frames=None, mesh=None,
                          frames_per_call: int = 16, progress: bool = False) -> list[NBody]:
     """:func:`nbody_decomposition` of every frame of a batched graph, frames of one size
     class through one compiled, vmapped call, spread over devices.
@@ -291,20 +297,21 @@ def nbody_decompositions(potential, params, graph: Graph, max_order: int = 3, ru
         graph: frames of one system or size class (a batched graph).
         max_order, rules, chunk_size: as :func:`nbody_decomposition`.
         frames: (F,) frame numbers written into the tables (default 0 … F − 1).
-        n_devices: devices to spread the frames over; None = all of ``jax.devices()``.
+        mesh: a one-axis device mesh to split the frames over (:func:`jaxrel.parallel.batch_mesh`);
+            None = JAX's default device.
         frames_per_call: frames per compiled call per device (bounds memory).
         progress: a progress bar over calls.
 
     Returns:
         One :class:`NBody` per frame; ``seconds`` is each frame's share of its call's wall time.
     Raises:
-        ValueError: max_order outside 1..T + 1, a graph that is not batched, or a bad ``n_devices``.
+        ValueError: max_order outside 1..T + 1, or a graph that is not batched.
     """
     if not graph.is_batched:
         raise ValueError("nbody_decompositions takes a batched graph; use nbody_decomposition for one frame")
     check_max_order(potential, max_order)
     rules = resolve_rules(rules)
-    mesh = batch_mesh(n_devices)
+    mesh = batch_mesh(1) if mesh is None else mesh
     n_frames = graph.positions.shape[0]
     frames = np.arange(n_frames) if frames is None else np.asarray(frames)
     per_call = frames_per_call * mesh.size

@@ -43,23 +43,15 @@ def successors(graph: Graph) -> list[np.ndarray]:
 def enumerate_walks(graph: Graph, n_interactions: int) -> np.ndarray:
     """Every walk of length T = ``n_interactions`` on the graph with self-loops.
 
+    The walks of the walk chain (:func:`jaxrel.relevance.chain.chain_topology`), sorted.
+
     Returns:
         (n_walks, T + 1) int32, sorted lexicographically. The count is Σ over real
         atoms of the number of T-step paths (N (d + 1)^T on a d-regular graph).
     """
-    succ = successors(graph)
-    degree = np.array([len(s) for s in succ])
-    offsets = np.concatenate([[0], np.cumsum(degree)])
-    flat = np.concatenate(succ) if len(succ) else np.zeros(0, np.int64)
-    walks = np.flatnonzero(np.asarray(graph.node_mask))[:, None]
-    for _ in range(n_interactions):
-        last = walks[:, -1]
-        counts = degree[last]
-        rows = np.repeat(np.arange(len(walks)), counts)
-        starts = np.repeat(offsets[last], counts)
-        within = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-        walks = np.concatenate([walks[rows], flat[starts + within][:, None]], axis=1)
-    return walks.astype(np.int32)
+    _require_single_frame(graph)
+    atoms = chain_topology(graph, n_interactions)[1].atoms
+    return atoms[np.argsort(walk_keys(atoms, graph.n_atoms))]
 
 
 def body_order(walks: np.ndarray) -> np.ndarray:

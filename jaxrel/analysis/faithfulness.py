@@ -332,7 +332,7 @@ def run_audit(potential, params, frames, *, max_order: int = 3, rules=AUDIT_RULE
         frame_index, model_path, data_path: recorded in every explanation.
         chunk_size: walk steps per chunk of the GNN-LRP block product (bounds memory).
         progress: progress bars.
-        mesh: a one-axis device mesh the GNN-LRP frames are split over; None = the default device.
+        mesh: a one-axis device mesh the GNN-LRP frames are split over; None = every local device.
 
     Returns:
         :class:`Audit`.

@@ -54,7 +54,7 @@ class ChainTopology(NamedTuple):
 
         real                (n_real,) int32   | the real atoms (the walks' last atoms)
         step_src, step_dst  (S,) int32        | the step j → i
-        step_self           (S,) float        | 1 for self steps (j = i)
+        step_self           (S,) bool         | True for self steps (j = i)
         edge_step           (E,) int32        | the step of each edge (S for padded edges: dropped)
         edge_in_slot        (E,) int32        | rank of the edge among the real edges into its receiver
         in_slots            (L,) int32        | 0 … L − 1, L = most real edges into one atom
@@ -151,7 +151,7 @@ def chain_topology(graph: Graph, n_interactions: int) -> tuple[ChainTopology, Ch
         slots.append(rank[parent].astype(np.int32))
         steps.append(step.astype(np.int32))
         suffix_atoms = np.concatenate([step_src[step][:, None], suffix_atoms[parent]], axis=1)
-    topology = ChainTopology(real, step_src, step_dst, (step_src == step_dst).astype(np.float64), edge_step,
+    topology = ChainTopology(real, step_src, step_dst, step_src == step_dst, edge_step,
                              edge_in_slot, np.arange(n_in, dtype=np.int32), prefix_at, tuple(suffix_at),
                              tuple(parents), tuple(slots), tuple(steps))
     P, K = prefix_at.shape[1], suffix_at[-1].shape[1]

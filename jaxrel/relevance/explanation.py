@@ -306,7 +306,7 @@ def explain(potential, params, frames, *, max_order: int = 3, rules: RuleSet | s
             through ``data_path``).
         progress: a progress bar over compiled calls.
         mesh: a one-axis device mesh to split the frames over (:func:`jaxrel.parallel.batch_mesh`);
-            None = JAX's default device.
+            None = every local device of every process.
 
     Returns:
         :class:`Explanation`.

@@ -298,7 +298,7 @@ def nbody_decompositions(potential, params, graph: Graph, max_order: int = 3, ru
         max_order, rules, chunk_size: as :func:`nbody_decomposition`.
         frames: (F,) frame numbers written into the tables (default 0 … F − 1).
         mesh: a one-axis device mesh to split the frames over (:func:`jaxrel.parallel.batch_mesh`);
-            None = JAX's default device.
+            None = every local device of every process.
         frames_per_call: frames per compiled call per device (bounds memory).
         progress: a progress bar over calls.
 
@@ -311,7 +311,7 @@ def nbody_decompositions(potential, params, graph: Graph, max_order: int = 3, ru
         raise ValueError("nbody_decompositions takes a batched graph; use nbody_decomposition for one frame")
     check_max_order(potential, max_order)
     rules = resolve_rules(rules)
-    mesh = batch_mesh(1) if mesh is None else mesh
+    mesh = batch_mesh() if mesh is None else mesh
     n_frames = graph.positions.shape[0]
     frames = np.arange(n_frames) if frames is None else np.asarray(frames)
     per_call = frames_per_call * mesh.size

@@ -31,7 +31,7 @@ def _train(args) -> dict:
                            n_train=args.train, n_validation=args.validation, seed=args.seed, seeds=args.seeds,
                            prior=None if args.prior == "none" else args.prior, target=args.target,
                            readout=args.readout, overwrite=args.overwrite,
-                           progress=not args.quiet)
+                           progress=not args.quiet, mesh=_mesh(args))
     training = metrics["training"]
     if training["interrupted"]:
         print(f"jaxrel train: interrupted at epoch {training['epochs']}; the best model (epoch "
@@ -53,13 +53,40 @@ def _evaluate(args) -> dict:
     from jaxrel.data import read_molecules
     from jaxrel.train import evaluate, labelled_graphs
 
+    mesh = _mesh(args)
     potential, params, _ = load_checkpoint(args.model)
     molecules = read_molecules(args.data)
     for frames in molecules:
         potential.check_species(frames.species)
     graph, targets = labelled_graphs(molecules, potential.config.cutoff, potential.config.dtype,
                                      target=potential.config.target)
-    return {"test": evaluate(potential, params, graph, targets)}
+    return {"test": evaluate(potential, params, graph, targets, mesh=mesh)}
+
+
+def _add_device_options(p: argparse.ArgumentParser) -> None:
+    """--devices, and --processes, --process-id, --coordinator for a run over several hosts (read by
+    :func:`_mesh`)."""
+    p.add_argument("--devices", type=int, metavar="N",
+                   help="devices per process that the frames are split over (default: all local devices, "
+                        "e.g. every GPU of the node)")
+    p.add_argument("--processes", type=int, default=1, metavar="P",
+                   help="processes of a run over several hosts, one per host, each started with the same "
+                        "command and its own --process-id (default 1)")
+    p.add_argument("--process-id", type=int, default=0, metavar="K",
+                   help="this process's number, 0 to P - 1; process 0 is the coordinator and the only one "
+                        "that writes files (default 0)")
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="where process 0 listens, the same for every process (with --processes > 1), "
+                        "e.g. node0:1234")
+
+
+def _mesh(args):
+    """Join the run of --processes (:func:`jaxrel.parallel.initialize`) and return the mesh over
+    --devices devices per process (:func:`jaxrel.parallel.batch_mesh`)."""
+    from jaxrel.parallel import batch_mesh, initialize
+
+    initialize(args.processes, args.process_id, args.coordinator)
+    return batch_mesh(args.devices)
 
 
 def _frame_range(spec: str | None, n_frames: int) -> list[int]:
@@ -95,9 +122,11 @@ def _explain(args) -> dict:
         potential.check_species(frames.species)
         if potential.has_layers:
             check_max_order(potential, args.order)
+    mesh = _mesh(args)
     prepare_output(args.out, (*FILES, *REPORT_FILES, "seed*"), overwrite=args.overwrite)
     members = [explain(potential, params, frames.select(np.array(index)), max_order=args.order, rules=rules,
-                       frame_index=index, model_path=args.model, data_path=args.data, progress=not args.quiet)
+                       frame_index=index, model_path=args.model, data_path=args.data, progress=not args.quiet,
+                       mesh=mesh)
                for potential, params, _ in models]
     explanation = members[0]
     if len(members) > 1:          # an ensemble: each seed in OUT/seed<s>/, the mean with spreads in OUT/
@@ -123,12 +152,13 @@ def _audit(args) -> dict:
     for potential, _, _ in models:
         potential.check_species(frames.species)
     rules = None if args.rules is None else [r.strip() for r in args.rules.split(",") if r.strip()]
+    mesh = _mesh(args)
     prepare_output(args.out, FILES, overwrite=args.overwrite)
     audit, report = audit_to_folder([(p, q) for p, q, _ in models], frames.select(np.array(index)), args.out,
                                     seeds=[m.get("seed", 0) for _, _, m in models], frame_index=index,
                                     model_path=args.model, data_path=args.data, max_order=args.order,
                                     rules=rules, forces=not args.no_forces, reference=frames,
-                                    progress=not args.quiet)
+                                    progress=not args.quiet, mesh=mesh)
     return {"out": str(args.out), "report": str(report), "methods": list(audit.explanations),
             "seeds": audit.seeds, "verdict": audit.verdict,
             "stability_diagnostics": audit.diagnostics.values}
@@ -266,11 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output folder: OUT/model/ (or the ensemble) and OUT/metrics.json")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    _add_device_options(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="errors of a trained model on labelled frames (JSON)")
     p.add_argument("--model", required=True, help="model folder written by train (OUT/model)")
     p.add_argument("--data", required=True, help="labelled frames; every molecule of a 'jaxrel generate xtb' file")
+    _add_device_options(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("explain", help="exact n-body relevance decomposition (GNN-LRP) of frames")
@@ -287,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, help="folder for nbody.npz and summary.json")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    _add_device_options(p)
     p.set_defaults(func=_explain)
 
     p = sub.add_parser("audit", help="faithfulness: the model's many-body expansion beside GNN-LRP rules "
@@ -306,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for audit.json, report.html, figures/ and one "
                                                 "explanation folder per method")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    _add_device_options(p)
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("generate", help="ground-truth data sets")
@@ -373,6 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=1,
                    help="independent runs vmapped together; replica r uses seed + r (default 1)")
     p.add_argument("--log-every", type=int, default=100, help="steps per logged frame (default 100)")
+    p.add_argument("--skin", type=float, default=None,
+                   help="Å: Verlet skin of the neighbour list, which holds the pairs within cutoff + skin and is "
+                        "rebuilt only when an atom has moved more than skin/2 (same trajectory; 0 rebuilds it at "
+                        "every step; default 0.5 in an orthorhombic box where the O(n) cell list applies, else 0)")
+    p.add_argument("--devices", type=int, metavar="N",
+                   help="shard the replicas over the first N devices (default: JAX's default device); on a CPU "
+                        "XLA_FLAGS=--xla_force_host_platform_device_count=N gives N host devices")
     p.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps (default 1)")
     p.add_argument("--tau", type=float, default=100.0, help="Nosé–Hoover time constant, fs (default 100)")
     p.add_argument("--seed", type=int, default=0)
@@ -438,7 +479,7 @@ def _md(args) -> dict:
                   log_every=args.log_every, friction_per_ps=args.friction, tau_fs=args.tau, seed=args.seed,
                   max_temperature_K=args.max_temperature,
                   masses=None if args.mass is None else parse_masses(args.mass),
-                  explain_every=args.explain_every, **explain,
+                  explain_every=args.explain_every, **explain, skin=args.skin, n_devices=args.devices,
                   overwrite=args.overwrite, restart=args.restart, progress=not args.quiet)
 
 

@@ -99,33 +99,64 @@ def edge_lengths(graph: Graph) -> tuple[jax.Array, jax.Array]:
 
 @functools.lru_cache(maxsize=16)
 def neighbor_list_fn(cutoff: float, cell: tuple | None = None, capacity_multiplier: float = 1.25,
-                     dtype: str | None = None):
+                     dtype: str | None = None, cell_list: bool = False):
     """``(shift_fn, neighbor_fn)``: JAX MD free or periodic space and a sparse neighbour list.
 
     One function serves graph building, MD and the ASE calculator; it is cached per
     argument set, so repeated calls reuse the functions and their compilations. Periodic
     positions stay Cartesian and unwrapped (``periodic_general`` with
     ``fractional_coordinates=False, wrapped=False``), as :func:`edge_vectors` expects;
-    JAX MD's box columns are the cell vectors, so the box is the cell transposed. There is
-    no cell list (the O(n²) search is exact and fast for the system sizes of this
-    library), so a free-space list needs no box.
+    JAX MD's box columns are the cell vectors, so the box is the cell transposed.
+
+    The list holds every pair closer than ``cutoff`` (JAX MD's ``d² < cutoff²``), found by an
+    O(n²) search over all pairs, or, with ``cell_list``, by JAX MD's cell list (Allen &
+    Tildesley, *Computer Simulation of Liquids*, 1987, §5.3.2): the box is cut into cells at
+    least ``cutoff`` wide and each atom's pairs are searched in its own and the 26 adjacent
+    cells, O(n). JAX MD builds the cell list only for a box of at least 3 cells per side
+    (each side longer than 3 × ``cutoff``) and otherwise falls back to the O(n²) search. With
+    Cartesian (not fractional) positions its cells are axis-aligned, so ``cell_list`` needs
+    an orthorhombic (diagonal) cell, and the positions given to ``allocate``/``update``
+    must lie in the box, ``0 ≤ x_a < L_a`` (wrap them: ``positions mod diag(cell)``; the
+    list's indices are the same for wrapped and unwrapped positions). A free-space list
+    needs no box.
 
     Args:
-        cutoff: Å.
+        cutoff: Å, the list's radius (a model's cutoff, plus a Verlet skin for lists that are
+            not rebuilt at every step).
         cell: the periodic cell as a tuple of three row tuples (Å), or None.
-        capacity_multiplier: JAX MD's edge-capacity headroom at allocation (≥ 1).
+        capacity_multiplier: JAX MD's edge-capacity headroom at allocation (≥ 1); with a cell
+            list also the headroom of the atoms per cell.
         dtype: float dtype name of the box (None: JAX's default float).
+        cell_list: search pairs with a cell list (see above).
+
+    Raises:
+        ValueError: ``cell_list`` without a cell, or with a cell that is not diagonal.
     """
-    if cell is None:
-        displacement, shift = space.free()
-        box = 1.0
-    else:
-        box = jnp.asarray(cell, dtype).T
-        displacement, shift = space.periodic_general(box, fractional_coordinates=False, wrapped=False)
+    if cell is None and cell_list:
+        raise ValueError("a cell list needs a periodic cell; free-space systems use the O(n²) search "
+                         "(pass cell_list=False)")
+    displacement, shift, box = _space(cell, dtype)
+    if cell_list:
+        matrix = np.asarray(cell, np.float64)
+        if not np.array_equal(np.diag(np.diag(matrix)), matrix):
+            raise ValueError(f"a cell list needs an orthorhombic (diagonal) cell, got {cell}; pass "
+                             "cell_list=False for this cell")
+        box = jnp.asarray(np.diag(matrix), dtype)   # JAX MD's cells are axis-aligned: the side lengths
     neighbor_fn = partition.neighbor_list(
         displacement, box, r_cutoff=cutoff, capacity_multiplier=capacity_multiplier,
-        disable_cell_list=True, format=partition.NeighborListFormat.Sparse)
+        disable_cell_list=not cell_list, format=partition.NeighborListFormat.Sparse)
     return shift, neighbor_fn
+
+
+@functools.lru_cache(maxsize=16)
+def _space(cell: tuple | None, dtype: str | None):
+    """``(displacement_fn, shift_fn, box)`` of JAX MD's free or periodic space, one per cell
+    and dtype, so that every neighbour list of a cell shares them (and compiled code that
+    takes ``shift_fn`` as a static argument)."""
+    if cell is None:
+        return (*space.free(), 1.0)
+    box = jnp.asarray(cell, dtype).T
+    return (*space.periodic_general(box, fractional_coordinates=False, wrapped=False), box)
 
 
 def cell_key(cell) -> tuple | None:
@@ -134,7 +165,7 @@ def cell_key(cell) -> tuple | None:
 
 
 def graph_from_neighbors(positions: jax.Array, species: jax.Array, idx: jax.Array,
-                         cell: jax.Array | None = None) -> Graph:
+                         cell: jax.Array | None = None, cutoff: float | None = None) -> Graph:
     """One frame's :class:`Graph` from a JAX MD sparse neighbour index (jit-safe).
 
     Args:
@@ -143,12 +174,20 @@ def graph_from_neighbors(positions: jax.Array, species: jax.Array, idx: jax.Arra
         idx: (2, capacity) int, ``neighbor.idx``: receivers = idx[0], senders = idx[1];
             padding entries hold n_atoms and become masked edges.
         cell: (3, 3) Å rows, or None.
+        cutoff: Å, or None. Given, edges of (minimum-image) length ``r ≥ cutoff`` are masked
+            too, so a list built with a larger radius (a Verlet skin, :mod:`jaxrel.md`) gives
+            the graph of the pairs within ``cutoff`` only: the same edges as a list of radius
+            ``cutoff``, in the same order.
     """
     n_atoms = species.shape[0]
     edge_mask = idx[0] < n_atoms
-    return Graph(positions=positions, species=species, senders=jnp.where(edge_mask, idx[1], 0),
-                 receivers=jnp.where(edge_mask, idx[0], 0), node_mask=jnp.ones(n_atoms, bool),
-                 edge_mask=edge_mask, cell=cell)
+    graph = Graph(positions=positions, species=species, senders=jnp.where(edge_mask, idx[1], 0),
+                  receivers=jnp.where(edge_mask, idx[0], 0), node_mask=jnp.ones(n_atoms, bool),
+                  edge_mask=edge_mask, cell=cell)
+    if cutoff is None:
+        return graph
+    length_sq = jnp.sum(edge_vectors(graph) ** 2, axis=-1)
+    return graph._replace(edge_mask=edge_mask & (length_sq < cutoff ** 2))
 
 
 def check_positions(positions: np.ndarray, species: np.ndarray | None = None,

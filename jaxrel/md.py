@@ -37,11 +37,29 @@ unstable when more than half of the kinetic energy gained was not paid for by th
 potential energy (or, nvt-nh, the thermostat), which leaves a wide margin on both sides.
 Langevin dynamics has no conserved quantity and keeps the plain limit.
 
-The neighbour list is a sparse ``jax_md.partition`` list rebuilt at every energy and force
-evaluation by a dense O(n_atoms²) pair search (no cell list, no skin), so every graph holds
-exactly the pairs within the cutoff; this suits the molecules and boxes of up to a few
-thousand atoms jaxrel trains on. Replicas run in one jitted, vmapped simulation; the host
-checks neighbour-list overflow and stability every ``log_every`` steps.
+Neighbour lists (``jax_md.partition``, sparse). With ``MDConfig.skin`` s > 0 (default: 0.5 Å where
+the cell list applies, 0 elsewhere, see :data:`AUTO_SKIN_A`) the
+list is a Verlet list (Verlet 1967, Phys. Rev. 159, 98, DOI 10.1103/PhysRev.159.98): it holds
+the pairs within r_c + s of its reference positions, so it holds every pair within r_c as
+long as no atom has moved more than s/2 from them. Each step integrates with the current
+list; if an atom of a stable replica now stands more than s/2 from the reference, the list
+of every replica is rebuilt at the new positions and the step is redone with it (the new
+positions do not depend on the forces they are evaluated at, in all three integrators, so
+the redo moves the atoms to the same place and only the forces change). The list therefore
+always covers the positions the forces are evaluated at, edges longer than r_c are masked
+(:func:`jaxrel.graph.graph_from_neighbors` with ``cutoff``), and the model sees exactly the
+pairs within r_c: the trajectory equals a run that searches all pairs at every force
+evaluation, up to the order in which edge terms are summed (1e-10 over hundreds of float64
+steps, tested). A rebuild costs one search and one extra step; between rebuilds a step costs
+the model on r_c + s lists ((1 + s/r_c)³ more edges) and an O(n) displacement check. With
+s = 0 the list is rebuilt inside every energy and force evaluation (jaxrel's behaviour
+before the skin existed). The search is O(n²) over all pairs, or, in an orthorhombic periodic
+box of at least 3 × (r_c + s) on every side, JAX MD's O(n) cell list (Allen & Tildesley,
+*Computer Simulation of Liquids*, 1987; ``MDConfig.cell_list``; triclinic cells and free space
+keep the O(n²) search, which suits molecules). Replicas run in one jitted, vmapped
+simulation, optionally sharded over devices (:func:`simulate` ``n_devices``,
+:mod:`jaxrel.parallel`); the host checks neighbour-list overflow and stability every
+``log_every`` steps and reallocates an overflowed list outside jit and redoes the block.
 
 Runs on disk (:func:`run_md`, ``jaxrel md``) are written block by block: each block
 appends its frames to the trajectories and thermo.csv and rewrites a restart file and a
@@ -96,6 +114,7 @@ from jaxrel.files import atomic_write, prepare_output, write_json
 from jaxrel.geometry import check_cell
 from jaxrel.graph import (build_graphs, cell_key, check_positions, graph_from_neighbors, neighbor_list_fn,
                           pad_graph)
+from jaxrel.parallel import batch_mesh, pad_leading, padded_size, replicate, select_devices, shard_leading
 from jaxrel.relevance.explanation import explain
 from jaxrel.relevance.table import Table
 
@@ -116,6 +135,10 @@ its conserved quantity has moved by more than this fraction of the kinetic energ
 (see the module docstring)."""
 
 
+AUTO_SKIN_A = 0.5
+"""Å, the Verlet skin of a run that sets none, in a box where the cell list applies."""
+
+
 @dataclass(frozen=True)
 class MDConfig:
     """Settings of one MD run.
@@ -133,6 +156,13 @@ class MDConfig:
         seed: PRNG seed; replica r uses ``seed + r``.
         capacity_multiplier: neighbour-list capacity as a multiple of the pairs found at
             allocation (≥ 1); overflows are reallocated and the block redone.
+        skin: Verlet skin s, Å (≥ 0): the list holds the pairs within cutoff + s and is rebuilt
+            when an atom has moved more than s/2 (module docstring); 0 rebuilds it at every
+            force evaluation; None (default) takes :data:`AUTO_SKIN_A` where the cell list
+            applies and 0 elsewhere (:meth:`resolved_skin`).
+        cell_list: search neighbours with JAX MD's cell list where the box allows it (an
+            orthorhombic cell at least 3 × (cutoff + skin) wide on every side); else, and in
+            free space, the O(n²) search over all pairs.
         max_temperature_K: the temperature limit, K; a replica above it is unstable (in
             :data:`CONSERVING` ensembles only if its conserved quantity moved too, see the
             module docstring). None means 10 × ``temperature_K`` (see
@@ -152,6 +182,8 @@ class MDConfig:
     seed: int = 0
     capacity_multiplier: float = 1.25
     max_temperature_K: float | None = None
+    skin: float | None = None
+    cell_list: bool = True
 
     def __post_init__(self):
         if self.ensemble not in ENSEMBLES:
@@ -167,6 +199,8 @@ class MDConfig:
         if not (math.isfinite(self.capacity_multiplier) and self.capacity_multiplier >= 1):
             raise ValueError(f"capacity_multiplier is {self.capacity_multiplier}; it must be at "
                              "least 1 (1.25 leaves 25% headroom)")
+        if self.skin is not None and not (math.isfinite(self.skin) and self.skin >= 0):
+            raise ValueError(f"skin is {self.skin} Å; it must be a finite distance ≥ 0 (0: no Verlet skin)")
         if self.max_temperature_K is not None and not self.max_temperature_K > self.temperature_K:
             raise ValueError(f"max_temperature_K is {self.max_temperature_K} K; it must exceed "
                              f"temperature_K = {self.temperature_K} K (or be None for 10×)")
@@ -175,6 +209,15 @@ class MDConfig:
     def temperature_limit_K(self) -> float:
         """The instability threshold: ``max_temperature_K``, or 10 × ``temperature_K``."""
         return 10.0 * self.temperature_K if self.max_temperature_K is None else self.max_temperature_K
+
+    def resolved_skin(self, cutoff: float, cell) -> float:
+        """The skin in use, Å: ``skin``, or for None :data:`AUTO_SKIN_A` where the cell list applies
+        to ``cell`` (orthorhombic, ≥ 3 × (cutoff + skin) per side) and 0 elsewhere, where a skin
+        measured slower (more masked edges per step than searches saved; benchmarks/md_throughput.py)."""
+        if self.skin is not None:
+            return float(self.skin)
+        fits = self.cell_list and _cell_list_sides(cell, cutoff + AUTO_SKIN_A) is not None
+        return AUTO_SKIN_A if fits else 0.0
 
 
 class Frame(NamedTuple):
@@ -240,6 +283,9 @@ class Trajectory:
                            together count as one step), compilation excluded; with
                            ``on_block``, its time that the next block does not cover counts
         n_reallocations    int | neighbour-list reallocations after overflows
+        n_rebuilds         int | steps of this call at which the neighbour lists were rebuilt
+                           (skin 0: every step; a block redone after an overflow counts once;
+                           0 for :func:`read_run`)
     """
 
     positions: np.ndarray
@@ -256,6 +302,7 @@ class Trajectory:
     stop_reason: list[str | None]
     steps_per_second: float
     n_reallocations: int
+    n_rebuilds: int = 0
 
     def stable_frames(self, replica: int) -> np.ndarray:
         """Indices of the frames of ``replica`` before its instability (all if stable).
@@ -301,9 +348,11 @@ class MDState:
         n_reallocations    int | neighbour-list reallocations so far
         wall_seconds       float | wall time of the blocks so far, as in
                            :attr:`Trajectory.steps_per_second`
-
-    The neighbour list is not part of the state: it is rebuilt from the positions at every
-    force evaluation anyway.
+        neighbour_reference (R, n_atoms, 3) float or None | Å, the positions each replica's
+                           neighbour list was last built at (wrapped into the box with a cell
+                           list); a continued run rebuilds its lists there, so they hold the
+                           pairs, in the order, of the uninterrupted run. None (skin 0, or a
+                           restart file without it): the lists are built at the positions.
     """
 
     integrator: list
@@ -315,6 +364,7 @@ class MDState:
     kinetic_start_eV: np.ndarray
     n_reallocations: int
     wall_seconds: float
+    neighbour_reference: np.ndarray | None = None
 
     def save(self, path, metadata: dict | None = None) -> Path:
         """Write the state and a JSON-serialisable ``metadata`` dict to ``path`` (.npz),
@@ -327,7 +377,8 @@ class MDState:
                  conserved_start_eV=self.conserved_start_eV, kinetic_start_eV=self.kinetic_start_eV,
                  n_reallocations=np.int64(self.n_reallocations), wall_seconds=np.float64(self.wall_seconds),
                  metadata=np.array(json.dumps(metadata or {})),
-                 **{f"integrator_{k}": np.asarray(x) for k, x in enumerate(self.integrator)})
+                 **{f"integrator_{k}": np.asarray(x) for k, x in enumerate(self.integrator)},
+                 **({} if self.neighbour_reference is None else {"neighbour_reference": self.neighbour_reference}))
         return atomic_write(path, archive.getvalue())
 
     @classmethod
@@ -351,7 +402,9 @@ class MDState:
                             unstable_time_ps=f["unstable_time_ps"],
                             stop_reason=json.loads(str(f["stop_reason"])),
                             conserved_start_eV=f["conserved_start_eV"], kinetic_start_eV=f["kinetic_start_eV"],
-                            n_reallocations=int(f["n_reallocations"]), wall_seconds=float(f["wall_seconds"]))
+                            n_reallocations=int(f["n_reallocations"]), wall_seconds=float(f["wall_seconds"]),
+                            neighbour_reference=f["neighbour_reference"] if "neighbour_reference" in f.files
+                            else None)
                 return state, json.loads(str(f["metadata"]))
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
             raise ValueError(f"{path} is not a jaxrel MD restart file of format {RESTART_FORMAT} ({err}); "
@@ -416,19 +469,52 @@ def _update_all(nbrs, positions):
 def _allocate(neighbor_fn, positions: jax.Array, extra_capacity: int = 0):
     """A batched neighbour list of R replicas, allocated on the replica with the most pairs.
 
+    ``positions`` (R, n_atoms, 3) are the search positions (:func:`_search_position`);
     ``extra_capacity`` is per atom (JAX MD's sparse convention).
     """
     lists = [neighbor_fn.allocate(p, extra_capacity=extra_capacity) for p in positions]
     return _update_all(max(lists, key=lambda nbrs: nbrs.max_occupancy), positions)
 
 
-def _energy_fn(potential, physics: dict):
+def _cell_list_sides(cell: np.ndarray | None, radius: float) -> np.ndarray | None:
+    """The side lengths (3,) Å of ``cell`` if JAX MD's cell list can search it for pairs within
+    ``radius`` Å (an orthorhombic cell more than 3 × ``radius`` wide on every side), else None."""
+    if cell is None or not np.array_equal(np.diag(np.diag(cell)), cell):
+        return None
+    sides = np.diag(cell).astype(np.float64)
+    return sides if (sides > 3 * radius).all() else None
+
+
+def _search_position(position: jax.Array, physics: dict) -> jax.Array:
+    """The positions the neighbour search takes: wrapped into the box for a cell list
+    (``physics["cell_sides"]``), else as they are."""
+    sides = physics.get("cell_sides")
+    return position if sides is None else jnp.mod(position, sides)
+
+
+def _displacement_sq(position: jax.Array, reference: jax.Array, cell: jax.Array | None) -> jax.Array:
+    """The largest squared minimum-image displacement (Å²) of one replica's atoms,
+    (n_atoms, 3) Å, from ``reference`` (n_atoms, 3) Å: the Verlet-list criterion."""
+    d = position - reference
+    if cell is not None:
+        frac = d @ jnp.linalg.inv(cell)
+        d = (frac - jnp.round(frac)) @ cell
+    return jnp.max(jnp.sum(d * d, axis=-1))
+
+
+def _energy_fn(potential, physics: dict, buffered: bool = False):
     """``energy_fn(position, neighbor, params)``: the model's energy (eV) of one replica on the
-    graph of ``neighbor`` updated at ``position`` (receivers = idx[0], senders = idx[1])."""
-    species, cell = physics["species"], physics["cell"]
+    graph of ``neighbor`` (receivers = idx[0], senders = idx[1]): ``neighbor`` updated at
+    ``position`` (skin 0), or, ``buffered`` (a Verlet list of radius cutoff + skin that covers
+    ``position``), ``neighbor`` as it is with the edges beyond the cutoff masked."""
+    species, cell, cutoff = physics["species"], physics["cell"], potential.config.cutoff
 
     def energy_fn(position, neighbor, params):
-        graph = graph_from_neighbors(position, species, neighbor.update(position).idx, cell)
+        if buffered:
+            graph = graph_from_neighbors(position, species, neighbor.idx, cell, cutoff=cutoff)
+        else:
+            idx = neighbor.update(_search_position(position, physics)).idx
+            graph = graph_from_neighbors(position, species, idx, cell)
         return potential.energy(params, graph)
 
     return energy_fn
@@ -485,7 +571,8 @@ CHECKS = ("positions", "forces", "energy", "temperature")
 positions, forces and energies, and a temperature within the limit (module docstring)."""
 
 
-def _block(potential, ensemble, shift, physics, states, nbrs, params, reference, n_steps, first, active):
+def _block(potential, ensemble, shift, buffered, physics, states, nbrs, params, reference, n_steps, first,
+           active):
     """``n_steps`` steps of every replica, after a step of length 0 if ``first``.
 
     A step of length 0 moves nothing and only sets the forces, so ``first`` (with
@@ -493,30 +580,57 @@ def _block(potential, ensemble, shift, physics, states, nbrs, params, reference,
     holds each replica's initial ``conserved_eV`` and ``kinetic_energy_eV`` (R,) for the
     temperature check of :data:`CONSERVING` ensembles; NaN applies the plain limit. Replicas
     not ``active``, or not stable afterwards (a failed :data:`CHECKS` entry), keep their old
-    state. Returns ``(states, nbrs, observations, stable, overflow)``; observations hold
-    ``temperature_K``, the energies (eV) and ``checks`` (R, len(CHECKS)) bool, True = passed.
+    state. ``buffered`` (skin > 0): the Verlet-list step of the module docstring, in which
+    only ``active`` replicas ask for rebuilds; else the lists are rebuilt in every energy
+    evaluation. Returns ``(states, nbrs, observations, stable, overflow, rebuilds)``;
+    observations hold ``temperature_K``, the energies (eV) and ``checks`` (R, len(CHECKS))
+    bool, True = passed; ``rebuilds`` counts the steps that rebuilt the lists.
     """
-    energy_fn = _energy_fn(potential, physics)
+    energy_fn = _energy_fn(potential, physics, buffered)
     conserved_fn = _integrator(ensemble, energy_fn, shift, physics)[2]
 
-    def one(state, nbr):
-        def step(i, carry):
-            state, nbr = carry
-            dt = jnp.where(first & (i == 0), jnp.zeros_like(physics["dt"]), physics["dt"])
-            apply_fn = _integrator(ensemble, energy_fn, shift, physics | {"dt": dt})[1]
-            state = apply_fn(state, neighbor=nbr, params=params)
-            return state, nbr.update(state.position)
+    def advance(states, nbrs, dt):
+        apply_fn = _integrator(ensemble, energy_fn, shift, physics | {"dt": dt})[1]
+        return jax.vmap(lambda state, nbr: apply_fn(state, neighbor=nbr, params=params))(states, nbrs)
 
-        state, nbr = jax.lax.fori_loop(0, n_steps + first, step, (state, nbr))
+    def rebuild(nbrs, positions):
+        return jax.vmap(lambda nbr, position: nbr.update(_search_position(position, physics)))(nbrs, positions)
+
+    def step(i, carry):
+        states, nbrs, rebuilds = carry
+        dt = jnp.where(first & (i == 0), jnp.zeros_like(physics["dt"]), physics["dt"])
+        if not buffered:
+            new = advance(states, nbrs, dt)
+            return new, rebuild(nbrs, new.position), rebuilds + 1
+
+        def attempt(carry):
+            """The step with the current lists, and the lists rebuilt at its positions if they
+            no longer cover them; a second attempt (after a rebuild) moves the atoms to the same
+            positions, which the new lists cover, so the loop runs once or twice."""
+            nbrs, _, _, rebuilds = carry
+            new = advance(states, nbrs, dt)
+            moved = jax.vmap(_displacement_sq, (0, 0, None))(new.position, nbrs.reference_position,
+                                                              physics["cell"]) > physics["half_skin"] ** 2
+            needed = jnp.any(moved & active)
+            nbrs = jax.lax.cond(needed, lambda nbrs: rebuild(nbrs, new.position), lambda nbrs: nbrs, nbrs)
+            return nbrs, new, needed, rebuilds + needed.astype(jnp.int32)
+
+        # one model evaluation in the compiled loop body instead of two in a cond (half the compile time)
+        nbrs, new, _, rebuilds = jax.lax.while_loop(lambda carry: carry[2], attempt,
+                                                    (nbrs, states, jnp.asarray(True), rebuilds))
+        return new, nbrs, rebuilds
+
+    new_states, new_nbrs, rebuilds = jax.lax.fori_loop(0, n_steps + first, step, (states, nbrs, jnp.int32(0)))
+
+    def observe(state, nbr):
         e_pot = energy_fn(state.position, neighbor=nbr, params=params)
         e_kin = jmd.kinetic_energy(state)
         finite = jnp.stack([jnp.isfinite(state.position).all(), jnp.isfinite(state.force).all(),
                             jnp.isfinite(e_pot) & jnp.isfinite(e_kin)])
-        return state, nbr, {"temperature_K": jmd.temperature(state) / KB, "potential_energy_eV": e_pot,
-                            "kinetic_energy_eV": e_kin, "conserved_eV": conserved_fn(state, e_pot),
-                            "finite": finite}
+        return {"temperature_K": jmd.temperature(state) / KB, "potential_energy_eV": e_pot,
+                "kinetic_energy_eV": e_kin, "conserved_eV": conserved_fn(state, e_pot), "finite": finite}
 
-    new_states, new_nbrs, obs = jax.vmap(one)(states, nbrs)
+    obs = jax.vmap(observe)(new_states, new_nbrs)
     hot = obs["temperature_K"] > physics["t_max"]
     if ensemble in CONSERVING:
         gained = obs["kinetic_energy_eV"] - reference["kinetic_energy_eV"]
@@ -530,7 +644,7 @@ def _block(potential, ensemble, shift, physics, states, nbrs, params, reference,
         return jnp.where(keep.reshape(keep.shape + (1,) * (new.ndim - 1)), new, old)
 
     return (jax.tree.map(select, new_states, states), jax.tree.map(select, new_nbrs, nbrs), obs,
-            stable, new_nbrs.did_buffer_overflow != 0)
+            stable, new_nbrs.did_buffer_overflow != 0, rebuilds)
 
 
 _EXECUTABLES: dict = {}
@@ -541,10 +655,11 @@ def _executable(fn, static: tuple, args: tuple):
     """``fn`` compiled for the ``static`` leading arguments and the shapes of ``args``.
 
     Compiled ahead of time (so callers can time runs without compilation) and kept in a
-    small per-process cache, oldest dropped first. Call the result with ``args``.
+    small per-process cache, oldest dropped first. Call the result with ``args`` placed on
+    the devices as these were (the shardings are part of the cache key).
     """
     leaves, treedef = jax.tree.flatten(args)
-    key = (fn, static, treedef, tuple((x.shape, x.dtype) for x in map(jnp.asarray, leaves)))
+    key = (fn, static, treedef, tuple((x.shape, x.dtype, x.sharding) for x in map(jnp.asarray, leaves)))
     if key not in _EXECUTABLES:
         if len(_EXECUTABLES) >= _MAX_EXECUTABLES:
             _EXECUTABLES.pop(next(iter(_EXECUTABLES)))
@@ -556,7 +671,7 @@ def _executable(fn, static: tuple, args: tuple):
 def simulate(potential, params, positions, species, *, cell=None, masses=None,
              config: MDConfig = MDConfig(), velocities=None, progress: bool = True,
              on_block: Callable[[Frame, MDState], None] | None = None,
-             start: MDState | None = None) -> Trajectory:
+             start: MDState | None = None, n_devices: int | None = None) -> Trajectory:
     """Run MD of one structure, or of R replicas vmapped in one jitted simulation.
 
     Replica r draws its velocities (and Langevin noise) from ``config.seed + r``, so it
@@ -597,6 +712,12 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
             ``n_steps`` may differ), which the caller checks; ``positions`` (the run's start)
             still give the system and ``velocities`` must be None. The trajectory begins
             with the state's frame, for which ``on_block`` is not called again.
+        n_devices: shard the replicas over the first ``n_devices`` of ``jax.devices()``
+            (:func:`jaxrel.parallel.batch_mesh`); R is padded to a multiple of ``n_devices``
+            with copies of the last replica, which are never active and are dropped. The
+            trajectory equals a one-device run up to rounding (the Verlet-list rebuild is
+            decided for all replicas together, one reduction over the devices per step).
+            None: every replica on JAX's default device.
 
     Returns:
         :class:`Trajectory` with 1 + ⌈(n_steps − steps done before) / log_every⌉ frames
@@ -609,7 +730,7 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
             already unstable (non-finite model output or temperature above the limit); a
             ``start`` that does not fit (replicas, arrays, velocities given), has done
             ``n_steps`` already or has no stable replica; a model that does not predict energies
-            (a gap or dipole model).
+            (a gap or dipole model); ``n_devices`` < 1 or more than JAX has.
     """
     if getattr(potential.config, "target", "energy") != "energy":    # duck-typed potentials predict energies
         potential.check_energy_target("molecular dynamics")
@@ -617,27 +738,35 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
     pos, species, cell, masses_amu, vel = _checked_inputs(potential, positions, species, cell,
                                                           masses, velocities)
     n_replicas, n_atoms = pos.shape[:2]
-    shift, neighbor_fn = neighbor_list_fn(potential.config.cutoff, cell_key(cell),
-                                          config.capacity_multiplier, dtype.name)
+    mesh = None if n_devices is None else batch_mesh(n_devices)
+    n_padded = n_replicas if mesh is None else padded_size(n_replicas, mesh)
+    skin = config.resolved_skin(potential.config.cutoff, cell)
+    radius = potential.config.cutoff + skin
+    sides = _cell_list_sides(cell, radius) if config.cell_list else None
+    shift, neighbor_fn = neighbor_list_fn(radius, cell_key(cell), config.capacity_multiplier, dtype.name,
+                                          cell_list=sides is not None)
+    buffered = skin > 0
     t_max = config.temperature_limit_K
     conserving = config.ensemble in CONSERVING
     scalars = {"dt": config.dt_fs, "kT": KB * config.temperature_K, "t_max": t_max,
-               "gamma": config.friction_per_ps / 1000.0, "tau": config.tau_fs}
+               "gamma": config.friction_per_ps / 1000.0, "tau": config.tau_fs, "half_skin": skin / 2}
     physics = {k: jnp.asarray(v, dtype) for k, v in scalars.items()}
     physics |= {"species": jnp.asarray(species), "mass": jnp.asarray(masses_amu * AMU, dtype),
-                "cell": None if cell is None else jnp.asarray(cell, dtype)}
-    static = (potential, config.ensemble, shift)
+                "cell": None if cell is None else jnp.asarray(cell, dtype),
+                "cell_sides": None if sides is None else jnp.asarray(sides, dtype)}
+    static = (potential, config.ensemble, shift, buffered)
 
     keys = jnp.stack([jax.random.PRNGKey(config.seed + r) for r in range(n_replicas)])
     momenta = None if vel is None else jnp.asarray(vel * masses_amu[:, None] * AMU, dtype)
-    args = (physics, keys, jnp.asarray(pos, dtype), momenta)
+    # what _start needs, so that runs differing in their neighbour search share its compilation
+    args = ({k: physics[k] for k in ("dt", "kT", "gamma", "tau", "mass")}, keys, jnp.asarray(pos, dtype), momenta)
     if start is None:
-        states = _executable(_start, static[1:], args)(*args)
+        states = _executable(_start, static[1:3], args)(*args)
         nan = np.full(n_replicas, np.nan)
         start = MDState([], 0, np.ones(n_replicas, bool), nan, [None] * n_replicas, nan, nan, 0, 0.0)
         fresh = True
     else:
-        template = jax.eval_shape(functools.partial(_start, *static[1:]), *args)
+        template = jax.eval_shape(functools.partial(_start, *static[1:3]), *args)
         states = _resumed(start, template, n_replicas, config, velocities)
         fresh = False
     steps_done, n_reallocations, wall = start.steps_done, start.n_reallocations, start.wall_seconds
@@ -645,19 +774,40 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
     stop_reason = list(start.stop_reason)
     reference = {"conserved_eV": np.array(start.conserved_start_eV, np.float64),
                  "kinetic_energy_eV": np.array(start.kinetic_start_eV, np.float64)}
+    n_rebuilds = 0
+
+    def shard(tree):
+        """``tree`` padded to ``n_padded`` replicas and, with ``mesh``, split over its devices."""
+        tree = pad_leading(tree, n_padded)
+        return tree if mesh is None else shard_leading(tree, mesh)
+
+    if mesh is not None:
+        physics, params = replicate(physics, mesh), replicate(params, mesh)
+    states = shard(states)
 
     def block(states, nbrs, n_steps: int, first: bool):
-        args = (physics, states, nbrs, params, {k: jnp.asarray(v, dtype) for k, v in reference.items()},
-                jnp.int32(n_steps), jnp.asarray(first), jnp.asarray(active))
+        padded_active = np.concatenate([active, np.zeros(n_padded - n_replicas, bool)])
+        per_replica = shard(({k: jnp.asarray(v, dtype) for k, v in reference.items()}, jnp.asarray(padded_active)))
+        scalars = (jnp.int32(n_steps), jnp.asarray(first))
+        scalars = scalars if mesh is None else replicate(scalars, mesh)
+        args = (physics, shard(states), shard(nbrs), params, per_replica[0], *scalars, per_replica[1])
         return _executable(_block, static, args)(*args)
 
-    def snapshot() -> MDState:
-        return MDState([np.asarray(x) for x in jax.tree.leaves(states)], steps_done, active.copy(),
-                       unstable_time.copy(), list(stop_reason), reference["conserved_eV"].copy(),
-                       reference["kinetic_energy_eV"].copy(), n_reallocations, wall)
+    def allocate(positions, extra_capacity: int = 0):
+        return shard(_allocate(neighbor_fn, _search_position(positions, physics), extra_capacity))
 
-    nbrs = _allocate(neighbor_fn, states.position)
-    states, nbrs, obs, _, _ = block(states, nbrs, 0, fresh)
+    def snapshot() -> MDState:
+        return MDState([np.asarray(x)[:n_replicas] for x in jax.tree.leaves(states)], steps_done, active.copy(),
+                       unstable_time.copy(), list(stop_reason), reference["conserved_eV"].copy(),
+                       reference["kinetic_energy_eV"].copy(), n_reallocations, wall,
+                       np.asarray(nbrs.reference_position)[:n_replicas] if buffered else None)
+
+    if buffered and start.neighbour_reference is not None:   # the lists of the run continued
+        nbrs = shard(_allocate(neighbor_fn, jnp.asarray(start.neighbour_reference, dtype)))
+    else:
+        nbrs = allocate(pad_leading(states.position, n_padded))
+    states, nbrs, obs, _, _, _ = block(states, nbrs, 0, fresh)
+    obs = _host(obs, n_replicas)
     if fresh:
         for r in range(n_replicas):
             reason = _instability(obs, r, t_max, reference, conserving)
@@ -665,7 +815,7 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
                 raise ValueError(f"replica {r} is unstable at the start ({reason}); check the structure "
                                  "and velocities or raise max_temperature_K")
         reference = {k: np.asarray(obs[k], np.float64) for k in reference}
-    frame = _frame(steps_done * config.dt_fs / 1000.0, states, obs, active, None)
+    frame = _frame(steps_done * config.dt_fs / 1000.0, states, obs, active, None, n_replicas)
     frames = [frame]
     if fresh and on_block is not None:
         on_block(frame, snapshot())
@@ -684,20 +834,22 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
                 if pending is not None:
                     on_block(*pending)
                     pending = None
-                new_states, new_nbrs, obs, stable, overflow = jax.block_until_ready(running)
+                new_states, new_nbrs, obs, stable, overflow, rebuilds = jax.block_until_ready(running)
                 wall += time.perf_counter() - tic
-                if not (np.asarray(overflow) & active).any():
+                if not (np.asarray(overflow)[:n_replicas] & active).any():
                     break
                 # at least double the capacity, so a block overflows a bounded number of times
-                nbrs = _allocate(neighbor_fn, states.position, extra_capacity=-(-nbrs.max_occupancy // n_atoms))
+                nbrs = allocate(states.position, extra_capacity=-(-nbrs.max_occupancy // n_atoms))
                 n_reallocations += 1
+            obs, stable = _host(obs, n_replicas), np.asarray(stable)[:n_replicas]
+            n_rebuilds += int(rebuilds)
             steps_done += n_steps
             t_ps = steps_done * config.dt_fs / 1000.0
-            for r in np.flatnonzero(active & ~np.asarray(stable)):
+            for r in np.flatnonzero(active & ~stable):
                 active[r], unstable_time[r] = False, t_ps
                 stop_reason[r] = f"{_instability(obs, r, t_max, reference, conserving)} at {t_ps:.4g} ps"
             states, nbrs = new_states, new_nbrs
-            frame = _frame(t_ps, states, obs, active, frame)
+            frame = _frame(t_ps, states, obs, active, frame, n_replicas)
             if active.any():
                 frames.append(frame)
             if on_block is not None:
@@ -714,7 +866,7 @@ def simulate(potential, params, positions, species, *, cell=None, masses=None,
                        unstable_time_ps=unstable_time, stop_reason=stop_reason,
                        steps_per_second=(steps_done - steps_before) / (wall - wall_before)
                        if wall > wall_before else float("nan"),
-                       n_reallocations=n_reallocations)
+                       n_reallocations=n_reallocations, n_rebuilds=n_rebuilds)
 
 
 class Rollout(NamedTuple):
@@ -868,13 +1020,19 @@ def _instability(obs: dict, r: int, t_max: float, reference: dict, conserving: b
     return None
 
 
-def _frame(t_ps: float, states, obs: dict, active: np.ndarray, last: Frame | None) -> Frame:
-    """The :class:`Frame` after a block; replicas not ``active`` repeat ``last``'s values."""
+def _host(obs: dict, n_replicas: int) -> dict:
+    """The observations of a block as NumPy arrays of the first ``n_replicas`` (no padding)."""
+    return {k: np.asarray(v)[:n_replicas] for k, v in obs.items()}
+
+
+def _frame(t_ps: float, states, obs: dict, active: np.ndarray, last: Frame | None, n_replicas: int) -> Frame:
+    """The :class:`Frame` of the first ``n_replicas`` replicas after a block; replicas not
+    ``active`` repeat ``last``'s values."""
     values = {k: np.asarray(obs[k], np.float64) for k in _OBSERVED}
     if last is not None:
         values = {k: np.where(active, v, getattr(last, k)) for k, v in values.items()}
-    return Frame(t_ps, np.asarray(states.position, np.float64), np.asarray(states.velocity, np.float64),
-                 stable=active.copy(), **values)
+    return Frame(t_ps, np.asarray(states.position, np.float64)[:n_replicas],
+                 np.asarray(states.velocity, np.float64)[:n_replicas], stable=active.copy(), **values)
 
 
 def _trajectory(frames: list[Frame], **fields) -> Trajectory:
@@ -1490,7 +1648,8 @@ def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ens
            friction_per_ps: float = 1.0, tau_fs: float = 100.0, seed: int = 0,
            max_temperature_K: float | None = None, masses=None, explain_every: int | None = None,
            explain_order: int = 2, explain_top: int = 5, overwrite: bool = False,
-           restart: bool = False, progress: bool = True) -> dict:
+           restart: bool = False, progress: bool = True, skin: float | None = MDConfig.skin,
+           n_devices: int | None = None) -> dict:
     """MD from one frame of a data set with a saved model, written to ``out`` block by block,
     and its stability report: the ``jaxrel md`` command.
 
@@ -1536,8 +1695,8 @@ def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ens
         out: the run folder.
         molecule: the molecule to simulate from a file of several (``jaxrel generate xtb``), by name.
         frame: index of the start frame in ``data`` (of that molecule).
-        ensemble, temperature_K, dt_fs, log_every, friction_per_ps, tau_fs, seed, max_temperature_K: as in
-            :class:`MDConfig` (K, fs, 1/ps, fs, K).
+        ensemble, temperature_K, dt_fs, log_every, friction_per_ps, tau_fs, seed, max_temperature_K, skin: as
+            in :class:`MDConfig` (K, fs, 1/ps, fs, K, Å).
         time_ps: simulated time of the whole run, ps (n_steps = round(1000 time_ps / dt_fs)).
         replicas: number of replicas R.
         explain_every: steps between explanations (``--explain-every``), a positive multiple of
@@ -1551,8 +1710,11 @@ def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ens
             masses of the elements (:func:`resolve_masses`). The masses used are part of the
             settings in stability.json (``masses_amu``) and of what ``restart`` compares.
         overwrite: replace an earlier run in ``out`` (its files only, :data:`RUN_FILES`).
-        restart: continue the run in ``out``; every setting but ``time_ps`` must be the run's.
+        restart: continue the run in ``out``; every setting but ``time_ps`` (and ``n_devices``) must be
+            the run's.
         progress: show a progress bar.
+        n_devices: shard the replicas over this many devices (``--devices``, :func:`simulate`); None:
+            JAX's default device.
 
     Returns:
         ``{"out", "status", "stable", "time_to_instability_ps", "simulated_time_ps",
@@ -1565,7 +1727,8 @@ def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ens
             ``out`` holding an earlier run without ``overwrite`` or ``restart`` (nothing is
             changed); ``restart`` without a restart file in ``out``, with a model, data or
             settings other than the run's, with a ``time_ps`` already simulated or with every
-            replica unstable; explanation settings that :class:`ExplanationRecorder` refuses
+            replica unstable; a negative ``skin``; an ``n_devices`` JAX does not have; explanation
+            settings that :class:`ExplanationRecorder` refuses
             (an ``explain_every`` that is not a multiple of ``log_every``, an order above
             n_interactions + 1, a model without message-passing layers); and the errors of
             :func:`simulate`, all checked before the first file is written.
@@ -1594,9 +1757,13 @@ def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ens
     if n_steps < 1:
         raise ValueError(f"--time {time_ps} ps is shorter than one --dt {dt_fs} fs step; "
                          "simulate longer or use a smaller step")
+    if skin is not None and not (math.isfinite(skin) and skin >= 0):
+        raise ValueError(f"--skin is {skin} Å; give a Verlet skin ≥ 0 Å (0 rebuilds the neighbour list at every step)")
+    if n_devices is not None:
+        select_devices(n_devices)     # raises for a count JAX does not have, before --out is touched
     config = MDConfig(ensemble, dt_fs=dt_fs, temperature_K=temperature_K, n_steps=n_steps,
                       log_every=log_every, friction_per_ps=friction_per_ps, tau_fs=tau_fs, seed=seed,
-                      max_temperature_K=max_temperature_K)
+                      max_temperature_K=max_temperature_K, skin=skin)
     potential, params, _ = load_checkpoint(model)
     potential.check_energy_target("molecular dynamics")     # before --out is touched
     frames = read_frames(data, molecule=molecule)
@@ -1627,7 +1794,7 @@ def run_md(model, data, out, *, molecule: str | None = None, frame: int = 0, ens
     with _sigterm_interrupts():
         try:
             simulate(potential, params, start_positions, species, cell=cell, config=config,
-                     progress=progress, on_block=files.write, start=state)
+                     progress=progress, on_block=files.write, start=state, n_devices=n_devices)
         except KeyboardInterrupt:
             status = "interrupted"
         finally:

@@ -7,6 +7,11 @@ clipping, a learning rate decaying exponentially with training progress, an expo
 moving average (EMA) of the parameters, and the EMA parameters with the lowest
 validation loss kept as the best checkpoint.
 
+Batches are split over devices (:mod:`jaxrel.parallel`): the frames of an evaluation batch
+and of a training batch over a one-axis mesh, the parameters replicated; padded frames are
+dropped or weigh 0, so a run on several devices, or several processes, equals a one-device run
+up to rounding.
+
 Checkpoints are written and read by :mod:`jaxrel.checkpoint`.
 """
 
@@ -25,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxrel.checkpoint import checkpoint_digest, save_checkpoint, save_ensemble
@@ -33,6 +40,7 @@ from jaxrel.graph import Graph, build_graphs, concatenate_graphs
 from jaxrel.models import ModelConfig, Potential
 from jaxrel.models.potential import SpeciesShift
 from jaxrel.models.prior import fit_repulsive_prior
+from jaxrel.parallel import batch_mesh, constrain_leading, gather, pad_leading, padded_size, replicate, shard_leading
 
 FILES = ("model", "model_seed*", "metrics.json", "ensemble.json")
 """What :func:`train_potential` writes into its output folder."""
@@ -142,27 +150,67 @@ def _losses(potential: Potential, params, graph: Graph, targets: Targets, weight
     return e_loss, f_loss
 
 
-def _index_batches(n: int, batch_size: int, rng: np.random.Generator | None):
-    """Fixed-size index batches with a 0/1 weight marking padding (one compiled shape)."""
+def _index_batches(n: int, batch_size: int, rng: np.random.Generator | None, size: int | None = None):
+    """Index batches of ``batch_size`` frames, shuffled with the last incomplete one dropped (``rng``)
+    or in order with the last one short (None), each padded to ``size`` (default ``batch_size``)
+    indices by repeating its last with weight 0: ``(indices (size,), weights (size,))``, one compiled
+    shape, a multiple of the device count."""
+    size = batch_size if size is None else size
     order = rng.permutation(n) if rng is not None else np.arange(n)
-    if rng is not None:
-        for k in range(n // batch_size):
-            yield order[k * batch_size:(k + 1) * batch_size], np.ones(batch_size)
-        return
-    for start in range(0, n, batch_size):
+    for start in range(0, n - n % batch_size if rng is not None else n, batch_size):
         idx = order[start:start + batch_size]
-        w = np.ones(batch_size)
-        w[len(idx):] = 0.0
-        yield np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])]), w
+        w = np.zeros(size)
+        w[:len(idx)] = 1.0
+        yield np.concatenate([idx, np.full(size - len(idx), idx[-1])]), w
+
+
+def predict_frames(potential: Potential, params, graph: Graph, batch_size: int = 64,
+                   mesh: Mesh | None = None):
+    """A potential's predictions for every frame of a batched graph, the frames split over devices.
+
+    Batches of ``batch_size`` frames, rounded up to a multiple of the device count, are split
+    over ``mesh`` (:func:`jaxrel.parallel.shard_leading`, params replicated); the last batch is
+    padded with copies of its last frame, whose results are dropped. The predictions equal a
+    one-device run up to rounding, and every process of a multi-process run gets all of them.
+
+    Args:
+        graph: batched graph (n_frames leading axis), one size class.
+        batch_size: frames per compiled call, at least 1 (rounded up as above).
+        mesh: :func:`jaxrel.parallel.batch_mesh`; None = every device of every process.
+    Returns:
+        NumPy arrays: for an energy model ``(energies (n_frames,) eV, forces (n_frames, n_atoms, 3)
+        eV/Å)`` (zero rows for padded atoms); for a gap model (n_frames,) eV, for a dipole model
+        (n_frames, 3) e·Å.
+    Raises:
+        ValueError: a graph without frames or ``batch_size`` < 1.
+    """
+    n = graph.positions.shape[0]
+    if n == 0 or batch_size < 1:
+        raise ValueError(f"cannot predict {n} frames in batches of {batch_size}; give at least one frame and "
+                         "a batch size of at least 1")
+    mesh = batch_mesh() if mesh is None else mesh
+    size = padded_size(min(batch_size, n), mesh)
+    host = jax.device_get(graph)
+    params = replicate(params, mesh)
+    compute = _energy_and_forces if potential.config.target == "energy" else _predict
+    parts = []
+    for start in range(0, n, size):
+        batch = pad_leading(jax.tree.map(lambda x: x[start:start + size], host), size)
+        out = gather(compute(potential, params, shard_leading(batch, mesh)))
+        parts.append(jax.tree.map(lambda x: x[:n - start], out))
+    return jax.tree.map(lambda *x: np.concatenate(x), *parts)
 
 
 def evaluate(potential: Potential, params, graph: Graph, targets: Targets,
-             batch_size: int = 64) -> dict:
+             batch_size: int = 64, mesh: Mesh | None = None) -> dict:
     """Mean absolute errors of a potential on labelled frames.
 
     Args:
         graph: batched graph (n_frames leading axis).
         targets: reference energies (eV) and/or forces (eV/Å).
+        batch_size, mesh: frames per compiled call and the devices they are split over
+            (:func:`predict_frames`; None = every device of every process); the result does
+            not depend on them beyond rounding.
     Returns:
         ``{"energy_mae_meV", "forces_mae_meV_per_A", "energy_rmse_meV",
         "forces_rmse_meV_per_A", "forces_reference_rms_meV_per_A", "n_frames"}``; energy
@@ -171,25 +219,20 @@ def evaluate(potential: Potential, params, graph: Graph, targets: Targets,
         A gap model gives ``{"gap_mae_eV", "gap_rmse_eV", "gap_reference_std_eV", "n_frames"}``
         and a dipole model the same keys with ``dipole_…_D`` (Debye): the error of a frame is
         ‖μ − μ_ref‖, and the reference spread is √(Σ_k var μ_k).
+
+    Raises:
+        ValueError: as :func:`predict_frames`.
     """
     n = graph.positions.shape[0]
     if potential.config.target != "energy":
-        return _evaluate_property(potential, params, graph, targets, batch_size)
-    e_err, f_err = [], []
-    for idx, w in _index_batches(n, min(batch_size, n), None):
-        g, t = _batch(graph, targets, jnp.asarray(idx))
-        energy, forces = _energy_and_forces(potential, params, g)
-        keep = w > 0
-        if t.energies is not None:
-            e_err.append(np.asarray(energy - t.energies)[keep])
-        if t.forces is not None:
-            mask = np.asarray(g.node_mask)[keep]
-            f_err.append(np.asarray(forces - t.forces)[keep][mask].ravel())
+        return _evaluate_property(potential, params, graph, targets, batch_size, mesh)
+    energy, forces = predict_frames(potential, params, graph, batch_size, mesh)
+    mask = np.asarray(graph.node_mask)
+    e_err = None if targets.energies is None else energy - np.asarray(targets.energies)
+    f_err = None if targets.forces is None else (forces - np.asarray(targets.forces))[mask].ravel()
     out = {"n_frames": int(n), "forces_reference_rms_meV_per_A": None if targets.forces is None else
-           float(1000 * np.sqrt(np.sum(np.asarray(targets.forces) ** 2) /
-                                (3 * np.asarray(graph.node_mask).sum())))}
-    for key, errs, unit in (("energy", e_err, "meV"), ("forces", f_err, "meV_per_A")):
-        err = np.concatenate(errs) if errs else None
+           float(1000 * np.sqrt(np.sum(np.asarray(targets.forces) ** 2) / (3 * mask.sum())))}
+    for key, err, unit in (("energy", e_err, "meV"), ("forces", f_err, "meV_per_A")):
         out[f"{key}_mae_{unit}"] = None if err is None else float(1000 * np.abs(err).mean())
         out[f"{key}_rmse_{unit}"] = None if err is None else float(1000 * np.sqrt((err ** 2).mean()))
     return out
@@ -207,14 +250,12 @@ def _predict(potential: Potential, params, graph: Graph):
     return potential.predict(params, graph)
 
 
-def _evaluate_property(potential: Potential, params, graph: Graph, targets: Targets, batch_size: int) -> dict:
+def _evaluate_property(potential: Potential, params, graph: Graph, targets: Targets, batch_size: int,
+                       mesh: Mesh | None) -> dict:
     """:func:`evaluate` of a gap or dipole model (keys in its docstring)."""
     n = graph.positions.shape[0]
-    errors = []
-    for idx, w in _index_batches(n, min(batch_size, n), None):
-        g, t = _batch(graph, targets, jnp.asarray(idx))
-        errors.append(np.asarray(_predict(potential, params, g) - t.properties, np.float64)[w > 0])
-    err = np.concatenate(errors).reshape(n, -1)
+    predicted = predict_frames(potential, params, graph, batch_size, mesh)
+    err = np.asarray(predicted - np.asarray(targets.properties), np.float64).reshape(n, -1)
     target = potential.config.target
     _, unit, factor = PROPERTY_LABELS[target]
     size = np.linalg.norm(err, axis=-1) * factor
@@ -226,12 +267,20 @@ def _evaluate_property(potential: Potential, params, graph: Graph, targets: Targ
 
 def train(potential: Potential, params, train_data: tuple[Graph, Targets],
           validation_data: tuple[Graph, Targets], config: TrainConfig,
-          checkpoint_dir: str | Path | list | None = None, progress: bool = True):
+          checkpoint_dir: str | Path | list | None = None, progress: bool = True, mesh: Mesh | None = None):
     """Fit a potential's trainable parameters; return the best EMA params and a history.
 
     An ensemble (``params`` a list, one initialisation per seed) is trained in one vmapped
     run: every member sees the same batches in the same order, so members differ only by
     their initialisation; each keeps its own optimiser state, EMA and best epoch.
+
+    Data parallel: the training and validation sets and the parameters are replicated on
+    every device of ``mesh``, and each step's batch is split over its devices along the frame
+    axis (the member axis of an ensemble is not split). A batch is padded to a multiple of the
+    device count with frames of weight 0, so the trained params equal a one-device run up to
+    rounding. In a run of several processes (:func:`jaxrel.parallel.initialize`) every process
+    calls this with the same data, only process 0 writes checkpoints, and with ``minutes``
+    every process stops after the epoch process 0 chooses.
 
     Args:
         potential: the model; params: from :meth:`Potential.create` (per-species shifts
@@ -242,6 +291,8 @@ def train(potential: Potential, params, train_data: tuple[Graph, Targets],
         checkpoint_dir: if given, the best params are saved there whenever the validation
             loss improves (for an ensemble, a list with one folder per member).
         progress: show a progress bar with live losses.
+        mesh: devices each batch is split over (:func:`jaxrel.parallel.batch_mesh`); None = every
+            device of every process.
 
     Returns:
         ``(best_params, history)``, or for a list of params ``([best_params], [history])``;
@@ -262,24 +313,26 @@ def train(potential: Potential, params, train_data: tuple[Graph, Targets],
     members = list(params) if isinstance(params, (list, tuple)) else [params]
     k_members = len(members)
     parts = [nnx.split_state(p, nnx.Param, SpeciesShift) for p in members]
-    constants = parts[0][1]
     for _, other in parts[1:]:
-        if not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(constants))):
+        if not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(parts[0][1]))):
             raise ValueError("ensemble members must share their species shifts and energy scale")
-    trainable = jax.tree.map(lambda *x: jnp.stack(x), *[p for p, _ in parts])   # leading member axis
+    mesh = batch_mesh() if mesh is None else mesh
+    graph, targets = replicate(train_data, mesh)
+    constants = replicate(parts[0][1], mesh)
+    trainable = replicate(jax.tree.map(lambda *x: np.stack(x), *[p for p, _ in parts]), mesh)   # member axis
     optimizer = optax.chain(
         optax.clip_by_global_norm(config.clip_norm),
         optax.inject_hyperparams(optax.adamw)(learning_rate=config.learning_rate,
                                               weight_decay=config.weight_decay))
-    opt_state = jax.vmap(optimizer.init)(trainable)
+    opt_state = replicate(jax.jit(jax.vmap(optimizer.init))(trainable), mesh)
     w_e, w_f = config.energy_weight, config.forces_weight
 
     def loss_fn(p, g, t, weight):
         e_loss, f_loss = _losses(potential, (p, constants), g, t, weight)
         return w_e * e_loss + w_f * f_loss
 
-    def member_step(p, ema, opt_state, lr, g, t):
-        loss, grads = jax.value_and_grad(loss_fn)(p, g, t, jnp.ones(g.positions.shape[0], g.positions.dtype))
+    def member_step(p, ema, opt_state, lr, g, t, weight):
+        loss, grads = jax.value_and_grad(loss_fn)(p, g, t, weight)
         opt_state[1].hyperparams["learning_rate"] = lr
         updates, opt_state = optimizer.update(grads, opt_state, p)
         p = optax.apply_updates(p, updates)
@@ -290,27 +343,41 @@ def train(potential: Potential, params, train_data: tuple[Graph, Targets],
         ema = jax.tree.map(lambda e, q: d * e + (1 - d) * q, ema, p)
         return p, ema, opt_state, loss
 
-    @jax.jit
-    def step(p, ema, opt_state, lr, idx, graph, targets):
-        g, t = _batch(graph, targets, idx)
-        return jax.vmap(member_step, in_axes=(0, 0, 0, None, None, None))(p, ema, opt_state, lr, g, t)
+    def split_batch(graph, targets, idx, weight):
+        """The batch's frames and weights, gathered from the replicated data and split over the mesh."""
+        return constrain_leading((*_batch(graph, targets, idx), weight), mesh)
 
-    val_graph, val_targets = validation_data
+    @jax.jit
+    def step(p, ema, opt_state, lr, idx, weight, graph, targets):
+        g, t, weight = split_batch(graph, targets, idx, weight)
+        return jax.vmap(member_step, in_axes=(0, 0, 0, None, None, None, None))(p, ema, opt_state, lr, g, t, weight)
+
+    val_graph, val_targets = replicate(validation_data, mesh)
 
     @jax.jit
     def val_loss(p, idx, weight, val_graph, val_targets):
-        g, t = _batch(val_graph, val_targets, idx)
+        g, t, weight = split_batch(val_graph, val_targets, idx, weight)
         return jax.vmap(lambda q: loss_fn(q, g, t, weight) * weight.sum())(p)
+
+    def batches(n: int, batch_size: int, rng: np.random.Generator | None):
+        """Index batches padded to a multiple of the device count, with weights, on every device."""
+        dtype = graph.positions.dtype
+        for idx, w in _index_batches(n, batch_size, rng, padded_size(batch_size, mesh)):
+            yield replicate((idx.astype(np.int32), np.asarray(w, dtype)), mesh)
 
     def validation(p):
         n = val_graph.positions.shape[0]
-        total = sum(np.asarray(val_loss(p, jnp.asarray(i), jnp.asarray(w, val_graph.positions.dtype),
-                                        val_graph, val_targets), np.float64)
-                    for i, w in _index_batches(n, min(config.batch_size, n), None))
+        total = sum(gather(val_loss(p, idx, w, val_graph, val_targets)).astype(np.float64)
+                    for idx, w in batches(n, min(config.batch_size, n), None))
         return total / n
 
+    @jax.jit
+    def keep_improved(improved, best, ema):
+        return jax.tree.map(lambda b, e: jnp.where(improved.reshape((-1,) + (1,) * (e.ndim - 1)), e, b), best, ema)
+
     def member(tree, k):
-        return nnx.merge_state(jax.tree.map(lambda x: x[k], tree), constants)
+        """Member ``k``'s params (trainable and fixed), off the mesh on JAX's default device."""
+        return jax.device_put(nnx.merge_state(jax.tree.map(lambda x: x[k], gather(tree)), gather(constants)))
 
     dirs = (checkpoint_dir if isinstance(checkpoint_dir, (list, tuple)) else [checkpoint_dir]
             if checkpoint_dir is not None else [None] * k_members)
@@ -326,18 +393,19 @@ def train(potential: Potential, params, train_data: tuple[Graph, Targets],
     try:
         while True:
             elapsed = time.perf_counter() - start
+            if config.minutes and jax.process_count() > 1:     # every process stops after the same epoch
+                elapsed = float(multihost_utils.broadcast_one_to_all(np.float64(elapsed)))
             frac = (epoch / config.epochs) if config.epochs else elapsed / (60 * config.minutes)
             if frac >= 1.0:
                 break
             lr = config.learning_rate * (config.final_learning_rate / config.learning_rate) ** frac
             losses = []
-            for idx, _ in _index_batches(n_train, config.batch_size, rng):
-                trainable, ema, opt_state, loss = step(trainable, ema, opt_state, lr, jnp.asarray(idx),
-                                                       graph, targets)
+            for idx, w in batches(n_train, config.batch_size, rng):
+                trainable, ema, opt_state, loss = step(trainable, ema, opt_state, lr, idx, w, graph, targets)
                 losses.append(loss)
                 steps += 1
             epoch += 1
-            train_loss = np.mean(np.asarray(jax.device_get(losses), np.float64), axis=0)
+            train_loss = np.mean(np.asarray(gather(losses), np.float64), axis=0)
             current = validation(ema)
             for k in range(k_members):
                 for key, value in (("train_loss", float(train_loss[k])), ("validation_loss", float(current[k])),
@@ -349,11 +417,10 @@ def train(potential: Potential, params, train_data: tuple[Graph, Targets],
                                          "for outliers")
             improved = current < best_loss
             if improved.any():
-                keep = jnp.asarray(improved)
-                best = jax.tree.map(lambda b, e: jnp.where(keep.reshape((-1,) + (1,) * (e.ndim - 1)), e, b), best, ema)
+                best = keep_improved(replicate(improved, mesh), best, ema)
                 best_loss, best_epoch = np.where(improved, current, best_loss), np.where(improved, epoch, best_epoch)
                 for k in np.flatnonzero(improved):
-                    if dirs[k] is not None:
+                    if dirs[k] is not None and jax.process_index() == 0:
                         save_checkpoint(dirs[k], potential, member(best, k))
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss.max():.3g}", val=f"{current.max():.3g}", best=f"{best_loss.max():.3g}",
@@ -492,7 +559,8 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
                     learning_rate: float = 1e-3, energy_weight: float = 0.05, forces_weight: float = 0.95,
                     species_energies: str = "fit", n_train: int | None = None, n_validation: int | None = None,
                     seed: int = 0, seeds: int = 1, prior: str | None = None, target: str = "energy",
-                    readout: str = "sum", overwrite: bool = False, progress: bool = True) -> dict:
+                    readout: str = "sum", overwrite: bool = False, progress: bool = True,
+                    mesh: Mesh | None = None) -> dict:
     """Train a potential on a data file and write ``OUT/model/`` and ``OUT/metrics.json``.
 
     Nothing is computed before the settings, the output folder and the data are checked.
@@ -541,6 +609,11 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
         overwrite: replace an earlier run in ``out`` (its model folders, ``metrics.json`` and
             ``ensemble.json``) instead of refusing.
         progress: a progress bar with live losses.
+        mesh: the devices batches are split over in training and evaluation
+            (:func:`jaxrel.parallel.batch_mesh`; None = every device of every process). In a run of
+            several processes (:func:`jaxrel.parallel.initialize`) every process calls this with the
+            same arguments and process 0 alone writes ``out``; the others return the same metrics
+            without ``params_sha256``.
 
     Returns:
         The metrics (also in ``metrics.json``): ``validation`` and ``test`` errors
@@ -599,7 +672,9 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
     train_frames, val_frames = select_frames(molecules, split.train), select_frames(molecules, split.validation)
     shifts, scale = _shifts_and_scale(train_frames, target, readout, species_energies == "fit")
     config = ModelConfig(model, tuple(species), **settings)
-    out = prepare_output(out, FILES, overwrite=overwrite)
+    writer = jax.process_index() == 0
+    out = prepare_output(out, FILES, overwrite=overwrite) if writer else Path(out)
+    mesh = batch_mesh() if mesh is None else mesh
     graphs = {name: labelled_graphs(f, cutoff, dtype, target=target)
               for name, f in (("train", train_frames), ("validation", val_frames), ("test", test_molecules))}
     fitted = None
@@ -611,17 +686,18 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
     potential = created[0][0]
     folders = [out / "model"] if seeds == 1 else [out / f"model_seed{s}" for s in members]
     bests, histories = train(potential, [p for _, p in created], graphs["train"], graphs["validation"],
-                             train_config, checkpoint_dir=folders, progress=progress)
+                             train_config, checkpoint_dir=folders, progress=progress, mesh=mesh)
     settings = {"data": str(data), "test_data": None if test_data is None else str(test_data), "model": model,
                 "cutoff": cutoff, "features": list(features), "lmax": lmax, "interactions": n_interactions,
                 "rbf": n_rbf,
                 "dtype": dtype, "epochs": epochs, "minutes": minutes, "batch_size": batch_size,
                 "lr": learning_rate, "energy_weight": energy_weight, "forces_weight": forces_weight,
                 "species_energies": species_energies, "prior": prior, "train": n_train, "validation": n_validation,
-                "seed": seed, "seeds": seeds, "target": target, "readout": readout, "out": str(out)}
+                "seed": seed, "seeds": seeds, "target": target, "readout": readout, "out": str(out),
+                "devices": mesh.size, "processes": jax.process_count()}
     per_member = {}
     for s, best, history, folder in zip(members, bests, histories, folders):
-        metrics = {name: evaluate(potential, best, *graphs[name]) for name in ("validation", "test")}
+        metrics = {name: evaluate(potential, best, *graphs[name], mesh=mesh) for name in ("validation", "test")}
         metrics["training"] = {k: history[k] for k in ("seconds", "epochs", "steps", "best_epoch",
                                                        "frames_per_second", "interrupted")}
         metrics["n_frames"] = {"train": len(split.train), "validation": len(split.validation), "test": n_test}
@@ -629,13 +705,15 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
                "model": config.to_dict(), "training": settings, "init_seed": s,
                "species_energies_eV": {str(k): v for k, v in shifts.items()}, "energy_scale_eV": scale,
                "history": history}
-        save_checkpoint(folder, potential, best, metadata={"run": run, "metrics": metrics})
-        metrics["params_sha256"] = checkpoint_digest(folder)
+        if writer:
+            save_checkpoint(folder, potential, best, metadata={"run": run, "metrics": metrics})
+            metrics["params_sha256"] = checkpoint_digest(folder)
         per_member[s] = metrics
     if seeds == 1:
         metrics = per_member[seed]
     else:
-        save_ensemble(out, [f.name for f in folders], members, metadata={"training": settings})
+        if writer:
+            save_ensemble(out, [f.name for f in folders], members, metadata={"training": settings})
         errors = {key: [m["test"][key] for m in per_member.values()]
                   for key, value in per_member[seed]["test"].items() if key.endswith(("_mae_meV", "_mae_meV_per_A",
                                                                                       "_mae_eV", "_mae_D"))
@@ -644,7 +722,8 @@ def train_potential(data, out, *, test_data=None, model: str = "schnet", cutoff:
                    "test_mean": {k: float(np.mean(v)) for k, v in errors.items()},
                    "test_std": {k: float(np.std(v)) for k, v in errors.items()},
                    "training": per_member[seed]["training"]}
-    write_json(out / "metrics.json", metrics)
+    if writer:
+        write_json(out / "metrics.json", metrics)
     bad = [f"{name}.{key}" for m in per_member.values() for name in ("validation", "test")
            for key, value in m[name].items() if isinstance(value, float) and not math.isfinite(value)]
     if bad:

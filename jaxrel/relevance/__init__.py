@@ -17,8 +17,9 @@ from jaxrel.relevance.mbe import many_body_expansion
 from jaxrel.relevance.nbody import (NBody, connected_sets, mobius_inversion, nbody_decomposition, nbody_decompositions,
                                     subset_relevance)
 from jaxrel.relevance.table import Table
-from jaxrel.relevance.walks import body_order, enumerate_walks, select_walks, top_k_walks, walk_relevance
+from jaxrel.relevance.walks import (all_walk_relevances, body_order, enumerate_walks, select_walks, top_k_walks,
+                                    walk_relevance)
 
-__all__ = ["Explanation", "ensemble_mean", "LayeredPotential", "NBody", "Table", "body_order", "connected_sets",
+__all__ = ["Explanation", "all_walk_relevances", "ensemble_mean", "LayeredPotential", "NBody", "Table", "body_order", "connected_sets",
            "enumerate_walks", "explain", "many_body_expansion", "mobius_inversion", "nbody_decomposition", "nbody_decompositions", "select_walks", "subset_relevance",
            "top_k_walks", "walk_relevance"]

@@ -84,12 +84,33 @@ def select_walks(walks: np.ndarray, atoms: int | list[int] | None = None,
     return walks[keep]
 
 
+def all_walk_relevances(potential, params, graph: Graph, rules: RuleSet | str = "gi",
+                        chunk_size: int | None = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Every walk of the frame with its relevance, from one chain of per-step Jacobian blocks
+    (:func:`jaxrel.relevance.chain.chain_relevance`).
+
+    Args:
+        potential, params: the model.
+        graph: one frame.
+        rules: rule set or its name (default ``"gi"``).
+        chunk_size: walk steps per chunk of the block product (bounds memory); None = all.
+
+    Returns:
+        ``(walks (n_walks, T + 1) int32, relevance (n_walks,) float64 eV)``, walks in the
+        chain's order (by meet step, then prefix, then suffix; sort with
+        :func:`~jaxrel.relevance.chain.walk_keys` for lexicographic order).
+    Raises:
+        ValueError: a batched graph.
+    """
+    _require_single_frame(graph)
+    topology, every = chain_topology(graph, potential.config.n_interactions)
+    blocks, _, _ = chain_relevance(potential, params, graph, topology, resolve_rules(rules), chunk_size)
+    return every.atoms, np.asarray(blocks, np.float64).ravel()[every.flat]
+
+
 def walk_relevance(potential, params, graph: Graph, walks: np.ndarray,
                    rules: RuleSet | str = "gi", chunk_size: int | None = 256) -> np.ndarray:
-    """Relevance R_W (eV) of each given walk.
-
-    Every walk of the frame comes from one chain of per-step Jacobian blocks
-    (:func:`jaxrel.relevance.chain.chain_relevance`); the given walks are looked up in it.
+    """Relevance R_W (eV) of each given walk, looked up among :func:`all_walk_relevances`.
 
     Args:
         potential, params: the model.
@@ -105,16 +126,13 @@ def walk_relevance(potential, params, graph: Graph, walks: np.ndarray,
         ValueError: walks of the wrong length, or steps that are not self-steps or edges.
     """
     walks = np.asarray(walks)
-    T = potential.config.n_interactions
-    _check_walks(graph, walks, T)
+    _check_walks(graph, walks, potential.config.n_interactions)
     if len(walks) == 0:
         return np.zeros(0)
-    topology, every = chain_topology(graph, T)
-    blocks, _, _ = chain_relevance(potential, params, graph, topology, resolve_rules(rules), chunk_size)
-    keys = walk_keys(every.atoms, graph.n_atoms)
+    every, relevance = all_walk_relevances(potential, params, graph, rules, chunk_size)
+    keys = walk_keys(every, graph.n_atoms)
     order = np.argsort(keys)
-    where = order[np.searchsorted(keys[order], walk_keys(walks, graph.n_atoms))]
-    return np.asarray(blocks, np.float64).ravel()[every.flat[where]]
+    return relevance[order[np.searchsorted(keys[order], walk_keys(walks, graph.n_atoms))]]
 
 
 def top_k_walks(potential, params, graph: Graph, k: int, rules: RuleSet | str = "gi",
@@ -141,16 +159,13 @@ def top_k_walks(potential, params, graph: Graph, k: int, rules: RuleSet | str = 
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    _require_single_frame(graph)
-    topology, every = chain_topology(graph, potential.config.n_interactions)
-    blocks, _, _ = chain_relevance(potential, params, graph, topology, resolve_rules(rules), chunk_size)
-    relevance = np.asarray(blocks, np.float64).ravel()[every.flat]
+    atoms, relevance = all_walk_relevances(potential, params, graph, rules, chunk_size)
     k = min(k, len(relevance))
     candidates = np.argpartition(-np.abs(relevance), k - 1)[:k] if k < len(relevance) else np.arange(k)
-    keys = walk_keys(every.atoms[candidates], graph.n_atoms)
+    keys = walk_keys(atoms[candidates], graph.n_atoms)
     best = candidates[np.lexsort((keys, -np.abs(relevance[candidates])))]
     stats = {"walks_scored": int(len(relevance)), "walks_total": int(len(relevance))}
-    walks, relevance = every.atoms[best].astype(np.int32), relevance[best]
+    walks, relevance = atoms[best].astype(np.int32), relevance[best]
     return (walks, relevance, stats) if return_stats else (walks, relevance)
 
 

@@ -11,8 +11,8 @@ Sections, run in this order, each timed (``section_seconds``, compilation includ
   allows; frames/s after compilation is the difference of the last two (steps × batch /
   seconds; it includes the per-epoch validation, as the frames/s of train_rmd17 does).
 * ``decomposition``: seconds of the full 1–3-body :func:`jaxrel.relevance.nbody_decomposition`
-  and of all walk relevances (:func:`~jaxrel.relevance.enumerate_walks` +
-  :func:`~jaxrel.relevance.walk_relevance`), GI rule, each the best of up to ``--repeats``
+  and of all walk relevances (:func:`~jaxrel.relevance.all_walk_relevances`), GI rule, each the
+  best of up to ``--repeats``
   calls after a compiling one, beside one jitted energy + forces evaluation of the same
   model (best of 20) and as a ratio to it. Frames: the published GNN-LRP frame
   (benchmarks/relevance_speed.py ``reference_frame``, 125 CG-methane beads) with SchNet
@@ -70,7 +70,7 @@ from jaxrel.data import fit_species_energies, read_frames
 from jaxrel.files import write_json
 from jaxrel.graph import build_graphs
 from jaxrel.models import ModelConfig, Potential
-from jaxrel.relevance import enumerate_walks, nbody_decomposition, walk_relevance
+from jaxrel.relevance import all_walk_relevances, nbody_decomposition
 from jaxrel.train import TrainConfig, labelled_graphs, train, training_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,9 +188,7 @@ def decomposition_speed(potential, params, graph, max_order: int, chunk: int, re
     ef_seconds, _ = best_of(lambda: jax.block_until_ready(energy_and_forces(params, graph)), 20)
     calls = {"nbody_decomposition": lambda: nbody_decomposition(potential, params, graph, max_order=max_order,
                                                                 chunk_size=chunk),
-             "walk_relevance": lambda: walk_relevance(potential, params, graph,
-                                                      enumerate_walks(graph, potential.config.n_interactions),
-                                                      chunk_size=chunk)}
+             "walk_relevance": lambda: all_walk_relevances(potential, params, graph, chunk_size=chunk)[1]}
     result = {"model": potential.config.to_dict(), "chunk_size": chunk, "energy_and_forces_seconds": ef_seconds}
     for n_left, (name, fn) in zip((2, 1), calls.items()):
         tic = time.perf_counter()
@@ -201,7 +199,7 @@ def decomposition_speed(potential, params, graph, max_order: int, chunk: int, re
         result[name] = {"seconds": best, "seconds_first_call_with_compile": first,
                         "ratio_to_energy_and_forces": best / ef_seconds, "timing": f"best of {n}"}
         if name == "walk_relevance":
-            result[name].update(n_walks=len(out), includes="enumerate_walks + walk_relevance")
+            result[name].update(n_walks=len(out), includes="all_walk_relevances: every walk and its relevance")
         else:
             result[name].update(max_order=max_order, n_terms={str(k): len(t.atoms) for k, t in out.orders.items()},
                                 energy_eV=out.energy, total_relevance_eV=out.total)

@@ -47,8 +47,14 @@ def minimum_image(d, cell) -> np.ndarray:
     if cell is None:
         return d
     cell = np.asarray(cell, dtype=np.float64)
-    frac = d @ np.linalg.inv(cell)
-    return (frac - np.round(frac)) @ cell
+    frac = _times(d, np.linalg.inv(cell))
+    return _times(frac - np.round(frac), cell)
+
+
+def _times(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """x @ matrix for (..., 3) rows, written elementwise: the same arithmetic for any leading
+    shape (a BLAS product may round a stack of vectors differently from one vector)."""
+    return x[..., 0:1] * matrix[0] + x[..., 1:2] * matrix[1] + x[..., 2:3] * matrix[2]
 
 
 def cluster_coordinates(positions, atoms, cell) -> np.ndarray:

@@ -2,9 +2,8 @@
 
 Every rule, every architecture, depths 1 to 4 and graphs with repeated edges: the walk
 relevances equal an independent brute force (one masked forward/backward per walk,
-``relevance_reference``), and the n-body terms equal Möbius inversion of the masked
-subgraph relevances of the packed full-graph passes (``subset_relevance``), to 1e-10 in
-float64 (conftest enables it).
+``relevance_reference``) to 1e-10 in float64 (conftest enables it). test_relevance checks the
+n-body tables, which sum the walks, against Möbius inversion of brute-force subset relevances.
 """
 
 import numpy as np
@@ -13,8 +12,7 @@ import pytest
 import relevance_reference as ref
 from jaxrel.graph import Graph, build_graphs, edge_vectors
 from jaxrel.nn import RULE_NAMES, RuleSet
-from jaxrel.relevance import (connected_sets, mobius_inversion, nbody_decomposition, nbody_decompositions, subset_relevance,
-                              walk_relevance)
+from jaxrel.relevance import nbody_decomposition, nbody_decompositions, walk_relevance
 from jaxrel.relevance.chain import chain_relevance, chain_topology
 from test_relevance import CUTOFF, SPECIES, frame, make
 
@@ -25,26 +23,20 @@ def close(got, expected, scale):
     np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE * scale)
 
 
-def mobius_terms(pot, params, graph, max_order, rules):
-    """n-body terms from masked subgraph relevances (one packed full-graph pass per group of sets)."""
-    sets = connected_sets(graph, max_order)
-    values = {n: subset_relevance(pot, params, graph, s, rules) for n, s in sets.items()}
-    return mobius_inversion(sets, values, graph.n_atoms)
-
-
-@pytest.mark.parametrize("model,T", [("schnet", 3), ("painn", 2), ("nequip", 2)])
-def test_nbody_terms_equal_mobius_inversion_of_masked_passes_under_every_rule(model, T):
+@pytest.mark.parametrize("model,T,names", [("schnet", 3, RULE_NAMES), ("painn", 2, ("lrp-gamma", "identity")),
+                                           ("nequip", 2, ("lrp-eps",))])
+def test_every_walk_equals_the_masked_bruteforce_under_every_rule(model, T, names):
+    """Every walk of the frame: the chain equals one masked full-graph pass per walk. SchNet under
+    every rule; PaiNN and NequIP under the rules that change their blocks most (GI for all three
+    in test_relevance, whose n-body tables are also checked against Möbius inversion)."""
     pot, params = make(model, T)
     g = frame()
-    for name in RULE_NAMES:
+    walks = ref.all_walks(g, T)
+    for name in names:
         rules = RuleSet(name, gamma=0.3) if name == "lrp-gamma" else RuleSet(name)
-        nb = nbody_decomposition(pot, params, g, max_order=T + 1, rules=rules)
-        expected = mobius_terms(pot, params, g, T + 1, rules)
-        scale = max(np.abs(t).max() for t in expected.values())
-        assert scale > 1e-3
-        for n, table in nb.orders.items():
-            close(table.relevance, expected[n], scale)
-        assert abs(nb.residual) < TOLERANCE * scale
+        expected = ref.walk_relevances_bruteforce(pot, params, g, walks, rules)
+        assert np.abs(expected).max() > 1e-3
+        close(walk_relevance(pot, params, g, walks, rules), expected, np.abs(expected).max())
 
 
 @pytest.mark.parametrize("T", [1, 4])
@@ -75,7 +67,7 @@ def test_repeated_edges_are_summed_into_their_step():
 
 
 def test_step_chunks_change_no_block():
-    pot, params = make("painn", 3)
+    pot, params = make("schnet", 3)
     g = frame()
     topology, _ = chain_topology(g, 3)
     whole, energy, total = chain_relevance(pot, params, g, topology, RuleSet("gi"))
@@ -87,7 +79,7 @@ def test_step_chunks_change_no_block():
 def test_frames_in_one_vmapped_call_equal_the_frame_by_frame_decomposition():
     """Three frames with different walk topologies padded to one shape: every table equals
     the single-frame decomposition, and the frame numbers are kept."""
-    pot, params = make("painn", 2)
+    pot, params = make("schnet", 2)
     rng = np.random.default_rng(3)
     positions = np.asarray(frame().positions)[None] + rng.normal(scale=0.25, size=(3, len(SPECIES), 3))
     graphs = build_graphs(positions, SPECIES, CUTOFF, min_distance=0.8)

@@ -106,11 +106,17 @@ class FieldInLayerOne:
     def embedding(self, params, graph):
         return self.potential.embedding(params, graph)
 
-    def layer_functions(self, params, graph, rules):
-        layers, readout = self.potential.layer_functions(params, graph, rules)
-        first = layers[0]
-        field = 1.0 + 0.2 * graph.positions[:, :1]
-        return [lambda h: first(h) * field, *layers[1:]], readout
+    def message_functions(self, params, graph, rules):
+        splits, readout = self.potential.message_functions(params, graph, rules)
+        (pre, post), field = splits[0], 1.0 + 0.2 * graph.positions[:, :1]
+        return [(pre, lambda h, x: post(h, x) * field), *splits[1:]], readout
+
+    def atomwise_energy_from_embedding(self, params, h0, graph, rules):
+        splits, readout = self.message_functions(params, graph, rules)
+        h = h0
+        for pre, post in splits:
+            h = post(h, pre(h)[graph.senders])
+        return readout(h)
 
 
 def test_relevance_assertion_fails_on_a_model_that_is_not_invariant():

@@ -30,8 +30,11 @@ class LayeredPotential(Protocol):
     ``config.n_interactions`` is the number T of message-passing layers; ``embedding``
     gives h⁽⁰⁾ (n_atoms, F) of one frame; ``layer_functions`` splits the rule-substituted
     forward pass of one frame into T per-layer maps h⁽ᵗ⁻¹⁾ ↦ h⁽ᵗ⁾ (arrays or pytrees with
-    atoms on axis 0) and a readout h⁽ᵀ⁾ ↦ atomwise energies (n_atoms,) eV. The potential
-    must be hashable (it is a static argument of jitted functions).
+    atoms on axis 0) and a readout h⁽ᵀ⁾ ↦ atomwise energies (n_atoms,) eV (the masked
+    passes here); ``message_functions`` splits each layer at its gather into node-wise
+    ``pre`` and ``post(h, pre(h)[senders])`` (the walk chain, :mod:`jaxrel.relevance.chain`);
+    ``atomwise_energy_from_embedding`` is the whole pass from h⁽⁰⁾. The potential must be
+    hashable (it is a static argument of jitted functions).
     """
 
     config: Any
@@ -40,6 +43,11 @@ class LayeredPotential(Protocol):
 
     def layer_functions(self, params, graph: Graph,
                         rules: RuleSet) -> tuple[list[Callable], Callable[[Any], jax.Array]]: ...
+
+    def message_functions(self, params, graph: Graph,
+                          rules: RuleSet) -> tuple[list[tuple[Callable, Callable]], Callable[[Any], jax.Array]]: ...
+
+    def atomwise_energy_from_embedding(self, params, h0: jax.Array, graph: Graph, rules: RuleSet) -> jax.Array: ...
 
 
 def _indicator(index: jax.Array, n_atoms: int, dtype) -> jax.Array:
